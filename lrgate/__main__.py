@@ -1,0 +1,5 @@
+import sys
+
+from lrgate.cli import main
+
+sys.exit(main())

@@ -1,0 +1,101 @@
+"""The ``lrgate`` command line.
+
+Errors that lrgate raises on purpose (a bad file, a curve that cannot be read) become one line on stderr
+and exit status 1; usage errors exit 2, as argparse does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from lrgate.errors import LrgateError
+from lrgate.suggest import DEFAULT_MARGIN, DEFAULT_METHOD, DEFAULT_NOISE, METHODS
+
+
+def _suggest(args: argparse.Namespace) -> int:
+    from lrgate.curve_file import read_curve_csv
+    from lrgate.suggest import format_choices, suggest
+
+    lrs, losses = read_curve_csv(args.curve)
+    s = suggest(lrs, losses, args.state, method=args.method, noise=args.noise, margin=args.margin)
+    if args.plot:
+        from lrgate.plot import save_review
+
+        save_review(s, args.plot, show_maxima=args.maxima)
+    if args.json:
+        print(json.dumps(s.to_dict()))
+    else:
+        print(format_choices(s))
+        if args.plot:
+            print(f"plot: {args.plot} (data beside it, .csv)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lrgate",
+        description="Learning-rate gates for fastai fine-tunes: read an LR range test into an lr or a slice.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = commands.add_parser(
+        "suggest",
+        help="suggest an lr or a slice from a recorded range-test curve",
+        description="Read an LR range test (a CSV with a header row 'lr,loss') and suggest a learning rate "
+        "(--frozen) or a discriminative slice (--freeze-to, --unfrozen).",
+    )
+    p.add_argument("curve", metavar="CURVE.csv", help="range-test curve: columns lr,loss with a header row")
+    state = p.add_mutually_exclusive_group(required=True)
+    state.add_argument(
+        "--frozen", dest="state", action="store_const", const="frozen", help="only the head trains: one lr"
+    )
+    state.add_argument(
+        "--freeze-to",
+        dest="state",
+        action="store_const",
+        const="freeze_to",
+        help="some body groups train too (freeze_to(n)): a slice",
+    )
+    state.add_argument(
+        "--unfrozen", dest="state", action="store_const", const="unfrozen", help="every group trains: a slice"
+    )
+    p.add_argument(
+        "--method",
+        default=DEFAULT_METHOD,
+        choices=sorted(METHODS),
+        help=f"suggestion rule (default: {DEFAULT_METHOD}, the forum post's method)",
+    )
+    p.add_argument(
+        "--noise",
+        type=int,
+        default=DEFAULT_NOISE,
+        help=f"extrema filter order; higher filters spikes harder (default: {DEFAULT_NOISE})",
+    )
+    p.add_argument(
+        "--margin",
+        type=float,
+        default=DEFAULT_MARGIN,
+        metavar="DECADES",
+        help=f"ignore points within this many decades of the upturn (default: {DEFAULT_MARGIN:g})",
+    )
+    p.add_argument("--plot", metavar="OUT.png", help="write the review plot here, and its data as OUT.csv")
+    p.add_argument("--maxima", action="store_true", help="mark maxima (green) on the plot too")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of the choices table")
+    p.set_defaults(run=_suggest)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except LrgateError as e:
+        print(f"lrgate: error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

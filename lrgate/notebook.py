@@ -1,0 +1,104 @@
+"""The forum post's own API, for a notebook: ``find_optimal_lr(learn)`` on a fastai 2.8 Learner."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Literal
+
+import pandas as pd
+from fastai.learner import Learner
+
+from lrgate.learner_state import detect_state
+from lrgate.range_test import last_range_test, run_range_test
+from lrgate.suggest import DEFAULT_MARGIN, DEFAULT_METHOD, DEFAULT_NOISE, Suggestion, format_choices, suggest
+
+
+def suggest_for_learner(
+    learn: Learner,
+    *,
+    noise: int = DEFAULT_NOISE,
+    margin: float = DEFAULT_MARGIN,
+    method: str = DEFAULT_METHOD,
+    start_lr: float = 1e-7,
+    end_lr: float = 10.0,
+    num_it: int = 100,
+    rerun: bool = False,
+) -> Suggestion:
+    """Read the Learner's state, run ``lr_find`` unless its last fit was one (or ``rerun``), and suggest.
+
+    The state's own warnings (a single-group model, say) come first in the result's ``warnings``.
+    """
+    state = detect_state(learn)
+    curve = None if rerun else last_range_test(learn)
+    if curve is None:
+        curve = run_range_test(learn, start_lr=start_lr, end_lr=end_lr, num_it=num_it)
+    s = suggest(*curve, state.state, method=method, noise=noise, margin=margin, n_groups=state.n_groups)
+    return dataclasses.replace(s, warnings=state.warnings + s.warnings)
+
+
+def find_optimal_lr(
+    learn: Learner,
+    noise: int = DEFAULT_NOISE,
+    show_df: Literal["head", "tail", "all"] | None = None,
+    show_min_values: bool = False,
+    *,
+    margin: float = DEFAULT_MARGIN,
+    method: str = DEFAULT_METHOD,
+    show_maxima: bool = False,
+    save_plot: str | os.PathLike | None = None,
+    **range_test: float,
+) -> float | slice:
+    """Suggest an lr (frozen) or a ``slice`` (unfrozen / freeze_to) for ``learn``, print and plot the choices.
+
+    Parameters
+    ----------
+    learn : Learner
+        Any fastai 2.8 Learner; its freeze state is read from its optimizer.
+    noise : int
+        Extrema filter order (default 3; higher filters spikes harder).
+    show_df : {"head", "tail", "all"}, optional
+        Also print that part of the curve's DataFrame.
+    show_min_values : bool
+        Also print the DataFrame rows that hold a minimum of either curve.
+    margin, method :
+        See :func:`lrgate.suggest.suggest`.
+    show_maxima : bool
+        Mark maxima (green) on the plot.
+    save_plot : path, optional
+        Also write the plot (PNG) and its data (CSV beside it).
+    **range_test :
+        ``start_lr``, ``end_lr``, ``num_it`` for ``lr_find`` when one is run.
+
+    Returns
+    -------
+    float or slice
+        What ``fit_one_cycle`` takes.
+    """
+    from lrgate.plot import review_figure, save_review
+
+    s = suggest_for_learner(learn, noise=noise, margin=margin, method=method, **range_test)
+    print(format_choices(s))
+    with pd.option_context("display.max_rows", None, "display.width", 120):
+        if show_df in ("head", "tail"):
+            print(getattr(s.frame, show_df)(10))
+        elif show_df == "all":
+            print(s.frame)
+        if show_min_values:
+            print(s.frame[s.frame[["min_loss", "min_grad"]].notna().any(axis=1)])
+    if save_plot is not None:
+        save_review(s, save_plot, show_maxima=show_maxima)
+    if _in_ipython():
+        from IPython.display import display
+
+        display(review_figure(s, show_maxima=show_maxima))
+    return s.value
+
+
+def _in_ipython() -> bool:
+    """True inside a running IPython/Jupyter shell, where a figure can be shown."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    return get_ipython() is not None

@@ -1,0 +1,95 @@
+"""The review plot of one range test: what a person looks at before trusting a suggestion.
+
+Loss (blue) and loss gradient (orange) against lr on twin log axes; minima red, maxima green when asked;
+the zone within ``margin`` decades of the upturn shaded; the chosen lr or slice marked and written in the
+title with the state. Uses matplotlib's object API (no pyplot), so it never touches the global backend
+and renders headless.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from lrgate.outputs import write_atomic
+from lrgate.suggest import Suggestion
+
+LOSS_COLOR, GRAD_COLOR = "tab:blue", "tab:orange"
+MIN_COLOR, MAX_COLOR = "red", "green"
+
+
+def _limits(values: np.ndarray) -> tuple[float, float]:
+    """y-limits that show ``values`` with a little room (the bowl, not the divergence)."""
+    lo, hi = float(np.min(values)), float(np.max(values))
+    pad = 0.08 * (hi - lo) if hi > lo else max(abs(lo) * 0.05, 1e-12)
+    return lo - pad, hi + pad
+
+
+def review_figure(s: Suggestion, *, show_maxima: bool = False) -> Figure:
+    """Draw the review plot of ``s`` and return the figure (display it, or save it with :func:`save_review`)."""
+    df = s.frame
+    lrs = df["lrs"].to_numpy()
+    fig = Figure(figsize=(9, 5.4), dpi=110, layout="constrained")
+    ax = fig.add_subplot()
+    ax_grad = ax.twinx()
+
+    ax.plot(lrs, df["loss"], color=LOSS_COLOR, lw=1.8, label="loss (smoothed)")
+    ax_grad.plot(lrs, df["loss_grad"], color=GRAD_COLOR, lw=1.2, label="loss gradient (per decade)")
+    ax.scatter(lrs, df["min_loss"], color=MIN_COLOR, s=28, zorder=3, label="minima")
+    ax_grad.scatter(lrs, df["min_grad"], color=MIN_COLOR, marker="v", s=28, zorder=3)
+    if show_maxima:
+        ax.scatter(lrs, df["max_loss"], color=MAX_COLOR, s=28, zorder=3, label="maxima")
+        ax_grad.scatter(lrs, df["max_grad"], color=MAX_COLOR, marker="^", s=28, zorder=3)
+
+    ax.axvspan(s.cutoff_lr, lrs[-1], color="0.5", alpha=0.12, lw=0, label=f"within {s.margin:g} decade(s) of upturn")
+    if s.turned_up:
+        ax.axvline(s.upturn_lr, color="0.35", ls="--", lw=1, label=f"upturn {s.upturn_lr:.1e}")
+    if s.slice is None:
+        ax.axvline(s.lr, color="black", lw=2, label=f"chosen lr {s.lr:.1e}")
+    else:
+        lo, hi = s.slice
+        ax.axvspan(lo, hi, color="tab:purple", alpha=0.15, lw=0)
+        ax.axvline(lo, color="tab:purple", lw=1.5, ls=":", label=f"slice lo {lo:.1e}")
+        ax.axvline(hi, color="tab:purple", lw=2, label=f"slice hi {hi:.1e}")
+
+    # Scale both axes to the part before the upturn: the divergence would flatten the bowl to a line.
+    head = df.iloc[: max(int(np.searchsorted(lrs, s.upturn_lr, side="right")), 2)]
+    ax.set_ylim(*_limits(head["loss"].to_numpy()))
+    ax_grad.set_ylim(*_limits(head["loss_grad"].to_numpy()))
+    ax.set_xscale("log")
+    ax.set_xlim(lrs[0], lrs[-1])
+    ax.set_xlabel("learning rate (log scale)")
+    ax.set_ylabel("loss", color=LOSS_COLOR)
+    ax_grad.set_ylabel("d loss / d log10(lr)", color=GRAD_COLOR)
+    ax.grid(True, which="major", alpha=0.3)
+
+    title = f"{s.state}: {s.describe()}   [{s.method}, noise {s.noise}]"
+    if s.warnings:
+        title += f"\n{len(s.warnings)} warning(s): {s.warnings[0]}" + (" ..." if len(s.warnings) > 1 else "")
+    ax.set_title(title, fontsize=10, loc="left", wrap=True)
+    handles, labels = ax.get_legend_handles_labels()
+    grad_handles, grad_labels = ax_grad.get_legend_handles_labels()
+    fig.legend(handles + grad_handles, labels + grad_labels, loc="outside lower center", ncols=4, fontsize=8)
+    return fig
+
+
+def save_review(
+    s: Suggestion,
+    png: str | os.PathLike,
+    csv: str | os.PathLike | None = None,
+    *,
+    show_maxima: bool = False,
+) -> tuple[Path, Path]:
+    """Write the review plot (PNG) and the DataFrame behind it (CSV, default: beside the PNG), atomically.
+
+    Returns the two paths written.
+    """
+    png = Path(png)
+    csv = png.with_suffix(".csv") if csv is None else Path(csv)
+    fig = review_figure(s, show_maxima=show_maxima)
+    write_atomic(png, lambda f: fig.savefig(f, format="png"))
+    write_atomic(csv, lambda f: s.frame.to_csv(f, index_label="iteration"), mode="w")
+    return png, csv

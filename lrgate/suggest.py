@@ -1,0 +1,478 @@
+"""Read an LR range test (lrs, losses) into a learning rate or a discriminative slice.
+
+Pure: numpy, scipy and pandas only; no training, no Prefect, no files. The rules are those of the fastai
+forum post "Selecting Learn Rates in FASTAI" (2019), rebuilt for fastai 2.8:
+
+1. ``loss`` is the recorded (smoothed) loss, ``loss_grad`` its gradient against log10(lr), so unevenly
+   spaced records give the same answer (units: loss per decade of lr).
+2. The local minima and maxima of both curves come from ``scipy.signal.argrelextrema`` with
+   ``np.less_equal`` / ``np.greater_equal`` and ``order=noise``; only these inflection points count.
+3. Candidates are read right to left. Any point within ``margin`` decades of the sharp upturn on the
+   right is ignored, and so is the global loss minimum at the bottom of the bowl when the model is frozen.
+4. Frozen: the rightmost valid gradient minimum. Unfrozen or ``freeze_to``: ``slice(lo, hi)`` from the
+   two rightmost valid gradient minima. The lr of the rightmost local loss minimum / 10 is reported beside.
+
+When a rule has nothing to read, a documented fallback is used and a plain-language warning says so;
+a curve that cannot be read at all raises :class:`~lrgate.errors.CurveError`.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+from scipy.signal import argrelextrema
+
+from lrgate.errors import CurveError
+
+State = Literal["frozen", "freeze_to", "unfrozen"]
+STATES: tuple[State, ...] = ("frozen", "freeze_to", "unfrozen")
+
+DEFAULT_NOISE = 3
+DEFAULT_MARGIN = 1.0
+INFLECTION = "inflection"  # the forum post's method, exactly as stated
+DEFAULT_METHOD = INFLECTION
+
+# A slice's lower end when the curve yields only its upper end (fastai's own slice(hi) convention).
+SLICE_RATIO = 10.0
+# The loss "turns up" when, after its minimum, it climbs by at least this share of its fall into the bowl
+# (and by FLAT_SHARE of its level) ...
+UPTURN_MIN_RISE = 0.10
+# ... and the upturn starts at the last point within this share of that climb above the minimum.
+UPTURN_LEVEL = 0.10
+# A curve whose loss moves by less than this share of its level before the upturn is "flat".
+FLAT_SHARE = 0.02
+# Below this share it holds no information at all.
+DEAD_FLAT_SHARE = 1e-6
+N_CHOICES = 3
+
+FRAME_COLUMNS = ("loss", "loss_grad", "lrs", "min_loss", "max_loss", "min_grad", "max_grad")
+
+
+@dataclass(frozen=True)
+class CurveReading:
+    """What every rule reads from a curve: the extrema frame, the upturn and the valid candidates.
+
+    Candidate lists hold row positions into ``frame``, right to left.
+    """
+
+    frame: pd.DataFrame
+    state: State
+    noise: int
+    margin: float
+    upturn: int
+    turned_up: bool
+    cutoff_lr: float
+    gradient_candidates: tuple[int, ...]
+    loss_candidates: tuple[int, ...]
+    min_loss_lr_div10: float
+    warnings: tuple[str, ...]
+
+    @property
+    def lrs(self) -> np.ndarray:
+        return self.frame["lrs"].to_numpy()
+
+
+@dataclass(frozen=True)
+class Suggestion:
+    """The answer for one range test.
+
+    ``lr`` is the learning rate to train with when ``slice`` is None, else the slice's upper end.
+    ``gradient_choices`` and ``loss_choices`` are the best valid inflection points of each curve,
+    right to left (at most three each). ``warnings`` says in plain words which rule had to fall back.
+    """
+
+    state: State
+    method: str
+    noise: int
+    margin: float
+    lr: float
+    slice: tuple[float, float] | None
+    gradient_choices: tuple[float, ...]
+    loss_choices: tuple[float, ...]
+    min_loss_lr_div10: float
+    tested_range: tuple[float, float]
+    upturn_lr: float
+    turned_up: bool
+    warnings: tuple[str, ...]
+    frame: pd.DataFrame = field(repr=False, compare=False)
+
+    @property
+    def cutoff_lr(self) -> float:
+        """The largest lr a rule may choose: ``margin`` decades below the upturn."""
+        return self.upturn_lr / 10**self.margin
+
+    @property
+    def value(self) -> float | slice:
+        """What fastai's ``fit_one_cycle`` takes: the lr, or a ``slice(lo, hi)``."""
+        return self.lr if self.slice is None else slice(*self.slice)
+
+    def to_dict(self) -> dict:
+        """The JSON contract of ``lrgate suggest --json``."""
+        return {
+            "state": self.state,
+            "method": self.method,
+            "params": {"noise": self.noise, "margin": self.margin},
+            "lr": self.lr,
+            "slice": None if self.slice is None else list(self.slice),
+            "candidates": {"gradient": list(self.gradient_choices), "loss": list(self.loss_choices)},
+            "min_loss_lr_div10": self.min_loss_lr_div10,
+            "tested_range": list(self.tested_range),
+            "warnings": list(self.warnings),
+        }
+
+    def describe(self) -> str:
+        """The suggestion in a few words, e.g. ``lr = 1.2e-03`` or ``slice(1.0e-05, 1.0e-03)``."""
+        if self.slice is None:
+            return f"lr = {self.lr:.1e}"
+        return f"slice({self.slice[0]:.1e}, {self.slice[1]:.1e})"
+
+
+# --------------------------------------------------------------------------------------------------
+# Reading the curve
+
+
+def check_params(noise: object, margin: object) -> tuple[int, float]:
+    """Validate the analysis parameters; return them as ``(int, float)``."""
+    if isinstance(noise, bool) or not isinstance(noise, numbers.Integral) or noise < 1:
+        raise CurveError(f"noise must be a positive integer (3 filters typical spikes), got {noise!r}")
+    if isinstance(margin, bool) or not isinstance(margin, numbers.Real) or not math.isfinite(margin) or margin < 0:
+        raise CurveError(f"margin must be a finite number of decades >= 0 (default 1), got {margin!r}")
+    return int(noise), float(margin)
+
+
+def clean_curve(lrs: Sequence[float], losses: Sequence[float], noise: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Check a raw curve and cut it at the first non-finite loss.
+
+    Returns
+    -------
+    lrs, losses : ndarray
+        The part of the curve that can be analysed.
+    warnings : list of str
+        Set when the curve had to be cut.
+
+    Raises
+    ------
+    CurveError
+        Shapes differ, lrs are not finite, positive and strictly increasing, or fewer points remain than
+        ``2 * noise + 1`` (the extrema filter looks ``noise`` points to each side).
+    """
+    lrs = np.asarray(lrs, dtype=float)
+    losses = np.asarray(losses, dtype=float)
+    if lrs.ndim != 1 or losses.ndim != 1 or len(lrs) != len(losses):
+        raise CurveError(f"lrs and losses must be 1-D and of one length, got shapes {lrs.shape} and {losses.shape}")
+    if len(lrs) == 0:
+        raise CurveError("the curve is empty: no (lr, loss) points")
+    bad = np.flatnonzero(~np.isfinite(lrs) | (lrs <= 0))
+    if len(bad):
+        raise CurveError(f"lrs must be finite and positive, but lrs[{bad[0]}] = {lrs[bad[0]]!r}")
+    steps = np.flatnonzero(np.diff(lrs) <= 0)
+    if len(steps):
+        i = steps[0]
+        raise CurveError(
+            f"lrs must increase strictly, but lrs[{i + 1}] = {lrs[i + 1]:.3g} follows lrs[{i}] = {lrs[i]:.3g}"
+        )
+    warnings = []
+    nonfinite = np.flatnonzero(~np.isfinite(losses))
+    if len(nonfinite):
+        cut = nonfinite[0]
+        warnings.append(
+            f"the loss is not finite from lr = {lrs[cut]:.2e} on (point {cut} of {len(losses)}): "
+            f"analysed the {cut} points before it"
+        )
+        lrs, losses = lrs[:cut], losses[:cut]
+    need = 2 * noise + 1
+    if len(losses) < need:
+        raise CurveError(
+            f"noise={noise} needs at least {need} finite points, the curve has {len(losses)}: "
+            "lower noise or record more iterations (lr_find num_it)"
+        )
+    return lrs, losses, warnings
+
+
+def extrema(values: np.ndarray, noise: int) -> tuple[np.ndarray, np.ndarray]:
+    """Positions of the local minima and maxima of ``values`` (``argrelextrema``, ``order=noise``)."""
+    minima = argrelextrema(values, np.less_equal, order=noise)[0]
+    maxima = argrelextrema(values, np.greater_equal, order=noise)[0]
+    return minima, maxima
+
+
+def curve_frame(lrs: np.ndarray, losses: np.ndarray, noise: int) -> pd.DataFrame:
+    """The post's DataFrame: loss, loss_grad, lrs, and the extrema of both (NaN where there is none)."""
+    loss_grad = np.gradient(losses, np.log10(lrs))
+    frame = pd.DataFrame({"loss": losses, "loss_grad": loss_grad, "lrs": lrs})
+    for name, values in (("loss", losses), ("grad", loss_grad)):
+        minima, maxima = extrema(values, noise)
+        for kind, idx in (("min", minima), ("max", maxima)):
+            column = np.full(len(values), np.nan)
+            column[idx] = values[idx]
+            frame[f"{kind}_{name}"] = column
+    return frame[list(FRAME_COLUMNS)]
+
+
+def warmup_points(n: int) -> int:
+    """Points at the start that the smoothed loss spends warming up (fastai's suggestions skip them too).
+
+    fastai's loss is a bias-corrected moving average: its first values rest on a handful of batches, so
+    an easy first batch can make the very first point the curve's lowest.
+    """
+    return n // 10
+
+
+def find_upturn(losses: np.ndarray) -> tuple[int, int, bool]:
+    """Where the loss bottoms out and where it turns up for good: ``(bottom, upturn, turned_up)``.
+
+    ``bottom`` is the global minimum after the warm-up. The loss has turned up when, after ``bottom``, it
+    climbs by at least ``UPTURN_MIN_RISE`` of how far it fell into the bowl and by at least ``FLAT_SHARE``
+    of its level. The upturn is then the last point still within ``UPTURN_LEVEL`` of that climb above the
+    minimum (the right edge of the bowl's floor, so a flat floor with noise on it reads as one floor). A
+    divergence to huge values counts as a climb of at most 3x the loss level (fastai stops at 4x).
+    A curve that never climbs, or falls back at its end, has no upturn: ``upturn`` is its last point.
+    """
+    last = len(losses) - 1
+    head = warmup_points(len(losses))
+    bottom = head + int(np.argmin(losses[head:]))
+    low = losses[bottom]
+    level = abs(float(low))
+    fall = float(losses[head : bottom + 1].max() - low)
+    rise = float(losses[bottom:].max() - low)
+    if rise <= 0 or rise < UPTURN_MIN_RISE * fall or rise < FLAT_SHARE * level:
+        return bottom, last, False
+    climb = min(rise, max(fall, 3 * level))
+    floor = np.flatnonzero(losses[bottom:] <= low + UPTURN_LEVEL * climb)
+    upturn = bottom + int(floor[-1])
+    return bottom, upturn, upturn < last
+
+
+def _collapse_runs(idx: np.ndarray) -> list[int]:
+    """One position per run of adjacent extrema (a plateau is one inflection point: keep its middle)."""
+    runs: list[list[int]] = []
+    for i in idx.tolist():
+        if runs and i - runs[-1][-1] == 1:
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+    return [run[len(run) // 2] for run in runs]
+
+
+def read_curve(
+    lrs: Sequence[float],
+    losses: Sequence[float],
+    state: State = "frozen",
+    *,
+    noise: int = DEFAULT_NOISE,
+    margin: float = DEFAULT_MARGIN,
+) -> CurveReading:
+    """Validate a curve and read its inflection points under the post's rules.
+
+    Parameters
+    ----------
+    lrs, losses : sequence of float
+        The range test, as fastai's Recorder holds it (``learn.recorder.lrs`` / ``.losses``).
+    state : {"frozen", "freeze_to", "unfrozen"}
+        Which parameter groups train (see :func:`lrgate.learner_state.detect_state`).
+    noise : int
+        ``order`` of ``argrelextrema``: an extremum must beat ``noise`` points on each side.
+    margin : float
+        Points within this many decades of the upturn are not candidates.
+
+    Raises
+    ------
+    CurveError
+        The curve or the parameters cannot be read (see :func:`clean_curve`), or the loss does not move.
+    """
+    if state not in STATES:
+        raise CurveError(f"state must be one of {', '.join(STATES)}; got {state!r}")
+    noise, margin = check_params(noise, margin)
+    lrs, losses, warnings = clean_curve(lrs, losses, noise)
+    frame = curve_frame(lrs, losses, noise)
+    level = max(float(np.median(np.abs(losses))), np.finfo(float).tiny)
+    if np.ptp(losses) <= DEAD_FLAT_SHARE * level:
+        raise CurveError(
+            f"the loss does not change over the tested range {lrs[0]:.1e} .. {lrs[-1]:.1e}: nothing to read; "
+            "widen the range (lr_find end_lr) or check that the model trains"
+        )
+
+    bottom, upturn, turned_up = find_upturn(losses)
+    if not turned_up:
+        warnings.append(
+            f"the loss never turns up: the test ended at lr = {lrs[-1]:.2e} before divergence, so candidates "
+            f"are capped {margin:g} decade(s) below its end; widen the range (lr_find end_lr) to see the upturn"
+        )
+    before = losses[warmup_points(len(losses)) : upturn + 1]
+    if np.ptp(before) < FLAT_SHARE * level:
+        warnings.append(
+            f"the loss is nearly flat before the upturn (it moves {np.ptp(before) / level:.1%} of its level): "
+            "its inflection points are noise-sized, so read the plot before trusting them"
+        )
+
+    cutoff_lr = float(lrs[upturn]) / 10**margin
+    last = len(losses) - 1
+
+    def valid(idx: np.ndarray, skip: int | None = None) -> tuple[int, ...]:
+        # A minimum on the test's edge is not an inflection point: the curve may go on beyond it.
+        keep = [i for i in _collapse_runs(idx) if 0 < i < last and lrs[i] <= cutoff_lr and i != skip]
+        return tuple(reversed(keep))
+
+    loss_min, _ = extrema(losses, noise)
+    grad_min, _ = extrema(frame["loss_grad"].to_numpy(), noise)
+    return CurveReading(
+        frame=frame,
+        state=state,
+        noise=noise,
+        margin=margin,
+        upturn=upturn,
+        turned_up=turned_up,
+        cutoff_lr=cutoff_lr,
+        gradient_candidates=valid(grad_min),
+        loss_candidates=valid(loss_min, skip=bottom if state == "frozen" else None),
+        # As the post computes it: the rightmost local loss minimum of the whole curve, / 10.
+        min_loss_lr_div10=float(lrs[loss_min[-1]]) / 10,
+        warnings=tuple(warnings),
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Rules: a reading in, (lr, slice or None, warnings) out
+
+
+Rule = Callable[[CurveReading, bool], tuple[float, "tuple[float, float] | None", list[str]]]
+
+
+def _fallback_lr(reading: CurveReading) -> tuple[float, str]:
+    """An lr when no gradient minimum is valid, with the warning that says which fallback was used."""
+    lrs = reading.lrs
+    if reading.loss_candidates:
+        lr = float(lrs[reading.loss_candidates[0]])
+        return lr, f"no valid gradient minimum: used the rightmost valid loss minimum, {lr:.2e}"
+    if lrs[0] <= reading.min_loss_lr_div10 <= reading.cutoff_lr:
+        lr = reading.min_loss_lr_div10
+        return lr, f"no valid minimum on either curve: used min-loss lr / 10, {lr:.2e}"
+    if reading.cutoff_lr >= lrs[0]:
+        lr = reading.cutoff_lr
+        return lr, f"no valid minimum on either curve: used the upturn / 10^margin, {lr:.2e}"
+    raise CurveError(
+        f"the loss turns up at lr = {lrs[reading.upturn]:.2e}, within {reading.margin:g} decade(s) of the "
+        f"start of the test ({lrs[0]:.2e}): nothing below it to choose; start the range test lower (start_lr)"
+    )
+
+
+def inflection_rule(reading: CurveReading, want_slice: bool) -> tuple[float, tuple[float, float] | None, list[str]]:
+    """The post's rule: the rightmost valid gradient minimum, or a slice from the two rightmost."""
+    lrs, grads, warnings = reading.lrs, reading.gradient_candidates, []
+    if not want_slice:
+        if grads:
+            return float(lrs[grads[0]]), None, warnings
+        lr, why = _fallback_lr(reading)
+        return lr, None, [why]
+    if len(grads) >= 2:
+        return float(lrs[grads[0]]), (float(lrs[grads[1]]), float(lrs[grads[0]])), warnings
+    if grads:
+        hi = float(lrs[grads[0]])
+        warnings.append(f"only one valid gradient minimum: the slice's lower end is hi / {SLICE_RATIO:g}")
+    else:
+        hi, why = _fallback_lr(reading)
+        warnings += [why, f"the slice's lower end is hi / {SLICE_RATIO:g}"]
+    return hi, (max(hi / SLICE_RATIO, float(lrs[0])), hi), warnings
+
+
+METHODS: dict[str, Rule] = {INFLECTION: inflection_rule}
+
+
+def suggest(
+    lrs: Sequence[float],
+    losses: Sequence[float],
+    state: State = "frozen",
+    *,
+    method: str = DEFAULT_METHOD,
+    noise: int = DEFAULT_NOISE,
+    margin: float = DEFAULT_MARGIN,
+    n_groups: int | None = None,
+) -> Suggestion:
+    """Suggest a learning rate (frozen) or a slice (``freeze_to`` / unfrozen) from a range test.
+
+    Parameters
+    ----------
+    lrs, losses : sequence of float
+        The range test: lrs strictly increasing and positive; losses may end in NaN/inf (cut there).
+    state : {"frozen", "freeze_to", "unfrozen"}
+        Which parameter groups train.
+    method : str
+        A name in :data:`METHODS`; ``"inflection"`` is the forum post's method as stated.
+    noise, margin : int, float
+        See :func:`read_curve`.
+    n_groups : int, optional
+        Number of parameter groups; a single-group model gets one lr even when unfrozen.
+
+    Returns
+    -------
+    Suggestion
+        ``lr`` always lies inside the tested range and at least ``margin`` decades below the upturn;
+        a slice always has ``lo <= hi``.
+
+    Raises
+    ------
+    CurveError
+        Unknown method, bad parameters, or a curve that cannot be read.
+
+    Examples
+    --------
+    >>> lrs = np.logspace(-7, 0, 100)
+    >>> x = np.log10(lrs)
+    >>> losses = 1 + np.tanh(-(x + 3)) + np.exp(3 * (x + 0.5))
+    >>> s = suggest(lrs, losses, "frozen")
+    >>> 1e-4 < s.lr < 1e-2
+    True
+    """
+    if method not in METHODS:
+        raise CurveError(f"unknown method {method!r}; choose one of: {', '.join(sorted(METHODS))}")
+    reading = read_curve(lrs, losses, state, noise=noise, margin=margin)
+    want_slice = state != "frozen" and n_groups != 1
+    lr, slice_, rule_warnings = METHODS[method](reading, want_slice)
+    tested = (float(reading.lrs[0]), float(reading.lrs[-1]))
+    if slice_ is not None:
+        assert tested[0] <= slice_[0] <= slice_[1] == lr, "a rule broke the slice contract"
+    assert tested[0] <= lr <= reading.cutoff_lr, "a rule chose an lr outside the valid range"
+    return Suggestion(
+        state=state,
+        method=method,
+        noise=reading.noise,
+        margin=reading.margin,
+        lr=lr,
+        slice=slice_,
+        gradient_choices=tuple(float(reading.lrs[i]) for i in reading.gradient_candidates[:N_CHOICES]),
+        loss_choices=tuple(float(reading.lrs[i]) for i in reading.loss_candidates[:N_CHOICES]),
+        min_loss_lr_div10=reading.min_loss_lr_div10,
+        tested_range=tested,
+        upturn_lr=float(reading.lrs[reading.upturn]),
+        turned_up=reading.turned_up,
+        warnings=reading.warnings + tuple(rule_warnings),
+        frame=reading.frame,
+    )
+
+
+def format_choices(s: Suggestion) -> str:
+    """The choices table the post prints: the suggestion, the three best points of each curve, warnings."""
+
+    def row(name: str, values: Sequence[float]) -> str:
+        cells = [f"{v:9.2e}" for v in values] + ["        -"] * (N_CHOICES - len(values))
+        return f"  {name:<10}" + " ".join(cells)
+
+    lines = [
+        f"state: {s.state}   method: {s.method}   noise: {s.noise}   margin: {s.margin:g} decade(s)",
+        f"tested lr: {s.tested_range[0]:.2e} .. {s.tested_range[1]:.2e}   "
+        + (f"upturn at {s.upturn_lr:.2e}" if s.turned_up else "no upturn"),
+        "best choices, right to left:",
+        f"  {'':<10}" + " ".join(f"{h:>9}" for h in ("1st", "2nd", "3rd")),
+        row("gradient", s.gradient_choices),
+        row("loss", s.loss_choices),
+        f"min-loss lr / 10: {s.min_loss_lr_div10:.2e}",
+        f"suggestion: {s.describe()}",
+    ]
+    lines += [f"warning: {w}" for w in s.warnings]
+    return "\n".join(lines)
