@@ -50,6 +50,8 @@ FLAT_SHARE = 0.02
 # Below this share it holds no information at all.
 DEAD_FLAT_SHARE = 1e-6
 N_CHOICES = 3
+# A choice where the loss falls at less than this share of its steepest valid descent gets a warning.
+SHALLOW_SHARE = 0.25
 
 FRAME_COLUMNS = ("loss", "loss_grad", "lrs", "min_loss", "max_loss", "min_grad", "max_grad")
 
@@ -304,14 +306,15 @@ def read_curve(
             f"the loss never turns up: the test ended at lr = {lrs[-1]:.2e} before divergence, so candidates "
             f"are capped {margin:g} decade(s) below its end; widen the range (lr_find end_lr) to see the upturn"
         )
-    before = losses[warmup_points(len(losses)) : upturn + 1]
-    if np.ptp(before) < FLAT_SHARE * level:
+    cutoff_lr = float(lrs[upturn]) / 10**margin
+    # Flat where candidates are read (after the warm-up, below the cutoff): its extrema are noise.
+    readable = losses[warmup_points(len(losses)) : int(np.searchsorted(lrs, cutoff_lr, side="right"))]
+    if len(readable) > 1 and np.ptp(readable) < FLAT_SHARE * level:
         warnings.append(
-            f"the loss is nearly flat before the upturn (it moves {np.ptp(before) / level:.1%} of its level): "
+            f"the loss is nearly flat below the cutoff (it moves {np.ptp(readable) / level:.1%} of its level): "
             "its inflection points are noise-sized, so read the plot before trusting them"
         )
 
-    cutoff_lr = float(lrs[upturn]) / 10**margin
     last = len(losses) - 1
 
     def valid(idx: np.ndarray, skip: int | None = None) -> tuple[int, ...]:
@@ -384,6 +387,27 @@ def inflection_rule(reading: CurveReading, want_slice: bool) -> tuple[float, tup
 METHODS: dict[str, Rule] = {INFLECTION: inflection_rule}
 
 
+def shallow_choice(reading: CurveReading, lr: float) -> str | None:
+    """A warning when the loss falls at ``lr`` at less than ``SHALLOW_SHARE`` of its steepest valid descent.
+
+    The post's rule trusts any gradient minimum; on a curve whose gradient falls smoothly into the upturn
+    zone, the rightmost valid one can be a noise-sized wiggle on the flat part, far left of where the
+    loss actually drops. Say so, so that a person (or a gate's guard) looks at the plot.
+    """
+    lrs, grad = reading.lrs, reading.frame["loss_grad"].to_numpy()
+    readable = slice(warmup_points(len(lrs)), int(np.searchsorted(lrs, reading.cutoff_lr, side="right")))
+    if readable.stop - readable.start < 2:
+        return None
+    steepest = readable.start + int(np.argmin(grad[readable]))
+    at = int(np.argmin(np.abs(np.log10(lrs) - np.log10(lr))))
+    if grad[steepest] >= 0 or grad[at] <= SHALLOW_SHARE * grad[steepest]:
+        return None
+    return (
+        f"the loss falls at {lr:.2e} at {max(grad[at] / grad[steepest], 0):.0%} of its steepest valid descent "
+        f"(at {lrs[steepest]:.2e}): the chosen inflection may be noise on a flat stretch; check the plot"
+    )
+
+
 def suggest(
     lrs: Sequence[float],
     losses: Sequence[float],
@@ -434,6 +458,9 @@ def suggest(
     reading = read_curve(lrs, losses, state, noise=noise, margin=margin)
     want_slice = state != "frozen" and n_groups != 1
     lr, slice_, rule_warnings = METHODS[method](reading, want_slice)
+    shallow = shallow_choice(reading, lr)
+    if shallow:
+        rule_warnings.append(shallow)
     tested = (float(reading.lrs[0]), float(reading.lrs[-1]))
     if slice_ is not None:
         assert tested[0] <= slice_[0] <= slice_[1] == lr, "a rule broke the slice contract"

@@ -6,6 +6,8 @@ fitted to digits 5-9, frozen first and unfrozen after, as a fine-tune would be.
 
 from __future__ import annotations
 
+import fastai.callback.progress  # noqa: F401  (Learner.no_bar and the progress bar)
+import fastai.callback.schedule  # noqa: F401  (Learner.fit_one_cycle)
 import numpy as np
 import torch
 from fastai.data.core import DataLoaders

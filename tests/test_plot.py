@@ -1,0 +1,53 @@
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from lrgate.curve_file import read_curve_csv
+from lrgate.plot import review_figure, save_review
+from lrgate.suggest import FRAME_COLUMNS, suggest
+from tests.conftest import EXAMPLE_CURVES, bowl
+
+X = np.linspace(-7, 1, 120)
+
+
+def test_review_plot_is_a_readable_png_with_its_data_beside_it(tmp_path):
+    s = suggest(*read_curve_csv(EXAMPLE_CURVES / "digits_adam_bs64_unfrozen.csv"), "unfrozen")
+    png, csv = save_review(s, tmp_path / "gate2.png", show_maxima=True)
+    assert csv == tmp_path / "gate2.csv"
+    with Image.open(png) as im:
+        im.verify()
+    with Image.open(png) as im:
+        assert im.format == "PNG" and im.size[0] > 600 and im.size[1] > 400
+    frame = pd.read_csv(csv, index_col="iteration")
+    assert tuple(frame.columns) == FRAME_COLUMNS
+    assert np.allclose(frame["lrs"], s.frame["lrs"])
+
+
+def test_title_states_the_state_and_the_choice():
+    s = suggest(10**X, bowl(X, (-5, 0.5), (-3, 0.5)), "unfrozen")
+    title = review_figure(s).axes[0].get_title(loc="left")
+    assert title.startswith("unfrozen: slice(")
+    assert f"{s.slice[1]:.1e}" in title
+
+
+def test_curves_are_blue_and_orange_and_minima_red():
+    s = suggest(10**X, bowl(X, (-3, 1.0)), "frozen")
+    fig = review_figure(s, show_maxima=True)
+    loss_ax, grad_ax = fig.axes
+    assert loss_ax.lines[0].get_color() == "tab:blue"
+    assert grad_ax.lines[0].get_color() == "tab:orange"
+    colors = {
+        tuple(c.get_facecolor()[0][:3]) for c in loss_ax.collections + grad_ax.collections if len(c.get_offsets())
+    }
+    assert (1.0, 0.0, 0.0) in colors  # red minima
+    assert (0.0, 128 / 255, 0.0) in colors  # green maxima, when asked
+    assert loss_ax.get_xscale() == "log"
+
+
+def test_y_limits_show_the_bowl_not_the_divergence():
+    s = suggest(10**X, bowl(X, (-3, 1.0)), "frozen")
+    low, high = review_figure(s).axes[0].get_ylim()
+    assert high < s.frame["loss"].max() / 2  # the exponential tail reaches far higher
+    assert low <= s.frame["loss"].min()
