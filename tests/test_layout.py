@@ -34,7 +34,6 @@ def test_the_pure_core_imports_neither_prefect_nor_fastai():
 
 def test_the_public_names_resolve():
     import lrgate
-
     import lrgate.suggest  # binds the submodule on the package: no export may share its name
 
     for name in lrgate.__all__:
