@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from lrgate.errors import LrgateError
 from lrgate.suggest import DEFAULT_MARGIN, DEFAULT_METHOD, DEFAULT_NOISE, METHODS
@@ -32,6 +34,34 @@ def _suggest(args: argparse.Namespace) -> int:
         if args.plot:
             print(f"plot: {args.plot} (data beside it, .csv)")
     return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from lrgate.config import load_config
+    from lrgate.run_dir import RUN_FILE
+
+    load_config(args.config)  # a bad config fails here, in one line, before Prefect starts
+    if args.resume is not None and not (args.resume / RUN_FILE).is_file():
+        raise RunNotFound(f"{args.resume}: not an lrgate run folder (no {RUN_FILE})")
+    quiet_offline_prefect()
+    from lrgate.flows.pipeline import pipeline
+
+    summary = pipeline(str(args.config), str(args.resume or args.out) if (args.resume or args.out) else None)
+    decisions = summary["decisions"]
+    print(f"run {summary['run_id']}: {summary['run_dir']}" + (" (resumed)" if summary["resumed"] else ""))
+    print(f"gate 1 (frozen): {decisions['frozen']['value']} ({decisions['frozen']['source']})")
+    print(f"gate 2 (unfrozen): {decisions['unfrozen']['value']} ({decisions['unfrozen']['source']})")
+    print(f"report: {summary['report']}\nmodel: {summary['model']}")
+    return 0
+
+
+def quiet_offline_prefect() -> None:
+    """lrgate runs offline: Prefect's server would try (and fail, with an error line) to send telemetry."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+
+class RunNotFound(LrgateError):
+    """--resume names a folder that holds no run."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -85,6 +115,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--maxima", action="store_true", help="mark maxima (green) on the plot too")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the choices table")
     p.set_defaults(run=_suggest)
+
+    p = commands.add_parser(
+        "run",
+        help="run the pipeline: lr-suggest -> train-frozen -> unfreeze -> lr-suggest -> fine-tune",
+        description="Run the whole transfer-learning stage as a Prefect flow (Prefect's embedded server when "
+        "PREFECT_API_URL is not set). Outputs go to a new folder under the config's output_dir, or to --out.",
+    )
+    p.add_argument("config", type=Path, metavar="CONFIG.yaml", help="run config (see configs/demo.yaml)")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--out", type=Path, metavar="DIR", help="run folder; one that holds this config's run resumes")
+    where.add_argument("--resume", type=Path, metavar="RUN_DIR", help="resume this run from its last finished stage")
+    p.set_defaults(run=_run)
     return parser
 
 

@@ -1,0 +1,93 @@
+"""The run report: one markdown page a reviewer reads top to bottom (written last, atomically)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from lrgate.config import RunConfig
+from lrgate.run_dir import RunInfo
+
+
+def _value(v: float | list[float]) -> str:
+    return f"slice({v[0]:.2e}, {v[1]:.2e})" if isinstance(v, list) else f"{v:.2e}"
+
+
+def _rel(path: str, run: RunInfo) -> str:
+    return os.path.relpath(path, run.run_dir)
+
+
+def metrics_rows(trainings: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per epoch of each training stage (the metrics table of the report and of the artifact)."""
+    rows = []
+    for t in trainings:
+        for i, epoch in enumerate(t["epochs"], 1):
+            rows.append(
+                {"stage": t["stage"], "epoch": i, **{k: round(v, 4) for k, v in epoch.items() if v is not None}}
+            )
+    return rows
+
+
+def render_report(
+    cfg: RunConfig,
+    run: RunInfo,
+    *,
+    data: dict[str, Any],
+    gates: list[tuple[dict[str, Any], dict[str, Any]]],
+    trainings: list[dict[str, Any]],
+    model: dict[str, Any],
+    stage_states: dict[str, str],
+    resumed: bool,
+) -> str:
+    lines = [
+        f"# lrgate run `{run.run_id}`: {cfg.name}",
+        "",
+        f"- folder: `{run.run_dir}`" + (" (resumed)" if resumed else ""),
+        f"- data: {data['images']} images, {len(data['classes'])} classes ({', '.join(data['classes'])}), "
+        f"fingerprint `{run.data_fingerprint}`",
+        f"- model: `{cfg.model.arch}`, image size {cfg.train.image_size}, batch size {cfg.train.batch_size}; "
+        f"config digest `{run.config_digest}`",
+        "- stages: " + ", ".join(f"{k} {v}" for k, v in stage_states.items()),
+        "",
+    ]
+    for n, (record, decision) in enumerate(gates, 1):
+        s = record["suggestion"]
+        lines += [
+            f"## Gate {n}: {record['gate']} ({s['state']})",
+            "",
+            f"Trained with **{_value(decision['value'])}** ({decision['source']}, policy `{decision['policy']}`); "
+            f"suggested {_value(s['slice'] or s['lr'])} by `{s['method']}`.",
+            "",
+            f"![gate {n} review plot]({_rel(record['plot'], run)})",
+            "",
+            "```",
+            record["choices"],
+            "```",
+            "",
+        ]
+    lines += [
+        "## Training",
+        "",
+        "| stage | trained with | epochs | seconds | images/s | last epoch |",
+        "|---|---|---|---|---|---|",
+    ]
+    for t in trainings:
+        last = ", ".join(f"{k} {v:.4f}" for k, v in t["epochs"][-1].items() if v is not None)
+        lines.append(
+            f"| {t['stage']} | {_value(t['fit_lr'])} | {len(t['epochs'])} | {t['seconds']:.0f} | "
+            f"{t['images_per_s'] or 0:.0f} | {last} |"
+        )
+    rows = metrics_rows(trainings)
+    if rows:
+        keys = list(rows[0])
+        lines += ["", "| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+        lines += ["| " + " | ".join(str(r.get(k, "")) for k in keys) + " |" for r in rows]
+    lines += [
+        "",
+        "## Model",
+        "",
+        f"`{_rel(model['model'], run)}`: load it with `fastai.learner.load_learner(path)`, then "
+        "`learn.predict(image_path)`; classes: " + ", ".join(model["classes"]) + ".",
+        "",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,281 @@
+"""The pipeline's stages as plain functions (no Prefect): a notebook can call them, the tasks wrap them.
+
+    build-learner -> range test (gate 1) -> train-frozen(lr) -> unfreeze -> range test (gate 2) -> fine-tune(slice)
+
+Stages hand each other checkpoint paths, never models: each rebuilds its Learner from the config and the
+previous stage's checkpoint (weights plus the freeze state), does its one job and writes its own outputs
+into the run folder, atomically. That is what lets a killed run resume from its last finished stage.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import fastai.callback.progress  # noqa: F401  (patches Learner.no_bar and the progress bar)
+import fastai.callback.schedule  # noqa: F401  (patches Learner.fit_one_cycle)
+import torch
+from fastai.callback.core import Callback
+from fastai.learner import Learner
+from fastai.torch_core import set_seed
+
+from lrgate.config import GateConfig, RunConfig
+from lrgate.curve_file import write_curve_csv
+from lrgate.data import ImageSet, build_dataloaders, list_images
+from lrgate.errors import LrgateError
+from lrgate.learner_state import detect_state
+from lrgate.models import build_learner
+from lrgate.notebook import suggest_for_learner
+from lrgate.outputs import write_atomic, write_text
+from lrgate.plot import save_review
+from lrgate.range_test import recorded_curve
+from lrgate.run_dir import RunInfo
+from lrgate.suggest import format_choices
+
+
+class DeviceError(LrgateError):
+    """A device or precision the machine cannot give."""
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` is CUDA when there is a GPU, else the CPU; asking for CUDA without one is an error."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise DeviceError("device: cuda was asked for, but torch sees no GPU here; use device: auto or cpu")
+    return device
+
+
+def effective_precision(cfg: RunConfig, device: str) -> str:
+    """Mixed precision runs on CUDA only (fastai's MixedPrecision autocasts for CUDA); the CPU trains in fp32."""
+    return cfg.precision if device == "cuda" else "fp32"
+
+
+def data_cache_dir(cfg: RunConfig) -> Path:
+    """Where generated data (the demo digits) lives: shared by the runs of one output folder."""
+    return cfg.output_dir / ".data"
+
+
+def load_images(cfg: RunConfig, *, check: bool = True) -> ImageSet:
+    return list_images(cfg.data, data_cache_dir(cfg), check=check)
+
+
+Log = Callable[[str], object]
+
+
+class ProgressLog(Callback):
+    """One log line per epoch (losses, metrics, time) instead of a terminal progress bar, for Prefect's logs."""
+
+    order = 60  # after the Recorder has written the epoch's log
+
+    def __init__(self, log: Log) -> None:
+        self.log = log
+
+    def after_epoch(self) -> None:
+        values = dict(zip(self.recorder.metric_names, self.recorder.log, strict=False))
+        shown = ", ".join(
+            f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in values.items() if k != "epoch"
+        )
+        self.log(f"epoch {self.epoch + 1}/{self.n_epoch}: {shown}")
+
+
+class FitProbe(Callback):
+    """Records what a fit really trained with: the peak lr of each parameter group, and images seen."""
+
+    order = 90  # after the ParamScheduler has set this batch's hyper-parameters
+
+    def before_fit(self) -> None:
+        self.peak_lrs = [0.0] * len(self.opt.hypers)
+        self.images = 0
+
+    def after_batch(self) -> None:
+        if self.training:
+            self.peak_lrs = [max(p, float(h["lr"])) for p, h in zip(self.peak_lrs, self.opt.hypers, strict=True)]
+            self.images += len(self.xb[0])
+
+
+def make_learner(
+    cfg: RunConfig, run: RunInfo, checkpoint: str | os.PathLike | None = None, log: Log = print
+) -> Learner:
+    """The run's Learner: data, body and head from the config, weights and freeze state from ``checkpoint``.
+
+    Progress goes to ``log``, an epoch a line, not to a terminal progress bar.
+    """
+    device = resolve_device(cfg.device)
+    set_seed(cfg.seed, reproducible=True)
+    images = load_images(cfg, check=False)
+    dls = build_dataloaders(
+        images,
+        image_size=cfg.train.image_size,
+        batch_size=cfg.train.batch_size,
+        valid_pct=cfg.data.valid_pct,
+        seed=cfg.seed,
+        device=device,
+        num_workers=cfg.train.num_workers if cfg.train.num_workers is not None else (8 if device == "cuda" else 0),
+    )
+    learn = build_learner(dls, cfg.model, run.run_dir)
+    learn.model_dir = "lr_find_tmp"  # lr_find's temporary weights: inside this run's folder, never shared
+    if checkpoint is not None:
+        restore_checkpoint(learn, checkpoint)
+    if device == "cuda":
+        learn.model.to(memory_format=torch.channels_last)  # faster convolutions on tensor cores
+    precision = effective_precision(cfg, device)
+    if precision == "fp16":
+        learn.to_fp16()
+    elif precision == "bf16":
+        learn.to_bf16()
+    if hasattr(learn, "progress"):
+        learn.remove_cb(learn.progress)
+    learn.add_cbs([FitProbe(), ProgressLog(log)])
+    return learn
+
+
+def save_checkpoint(learn: Learner, path: Path) -> Path:
+    """Weights and freeze state, atomically (optimizer state is not kept: each stage starts its own fit)."""
+    state = {"model": learn.model.state_dict(), "frozen_idx": detect_state(learn).frozen_groups}
+    return write_atomic(path, lambda f: torch.save(state, f))
+
+
+def restore_checkpoint(learn: Learner, path: str | os.PathLike) -> None:
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    learn.model.load_state_dict(state["model"])
+    learn.freeze_to(state["frozen_idx"])
+
+
+def _gate_dir(run: RunInfo, gate: str) -> Path:
+    return run.path(f"gate-{gate}")
+
+
+def build_initial(cfg: RunConfig, run: RunInfo, log: Log = print) -> dict[str, Any]:
+    """The pretrained body with a fresh head, frozen: the checkpoint gate 1 starts from."""
+    learn = make_learner(cfg, run, log=log)
+    state = detect_state(learn)
+    path = save_checkpoint(learn, run.path("checkpoints/0-initial.pth"))
+    device = resolve_device(cfg.device)
+    return {
+        "checkpoint": str(path),
+        "state": state.state,
+        "n_groups": state.n_groups,
+        "device": device,
+        "precision": effective_precision(cfg, device),
+    }
+
+
+def range_test(cfg: RunConfig, run: RunInfo, checkpoint: str, gate: str, log: Log = print) -> dict[str, Any]:
+    """Run ``lr_find`` on the checkpoint's Learner and write the gate's curve, review plot, data and suggestion."""
+    learn = make_learner(cfg, run, checkpoint, log=log)
+    log(
+        f"gate {gate}: lr_find from {cfg.lr_find.start_lr:g} to {cfg.lr_find.end_lr:g}, {cfg.lr_find.num_it} iterations"
+    )
+    started = time.perf_counter()
+    s = suggest_for_learner(
+        learn,
+        noise=cfg.suggest.noise,
+        margin=cfg.suggest.margin,
+        method=cfg.suggest.method,
+        start_lr=cfg.lr_find.start_lr,
+        end_lr=cfg.lr_find.end_lr,
+        num_it=cfg.lr_find.num_it,
+        rerun=True,
+    )
+    seconds = time.perf_counter() - started
+    out = _gate_dir(run, gate)
+    curve = write_curve_csv(out / "curve.csv", *recorded_curve(learn))
+    plot, frame = save_review(s, out / "review.png")
+    suggestion = s.to_dict()
+    write_text(out / "suggestion.json", json.dumps(suggestion, indent=2))
+    return {
+        "gate": gate,
+        "suggestion": suggestion,
+        "choices": format_choices(s),
+        "plot": str(plot),
+        "frame_csv": str(frame),
+        "curve_csv": str(curve),
+        "seconds": round(seconds, 2),
+    }
+
+
+def decide(record: dict[str, Any], gate: GateConfig) -> dict[str, Any]:
+    """What the next stage trains with: the suggestion, or the config's pinned value (the suggestion is kept beside).
+
+    The seam for the human-approval gate: a ``manual`` policy will answer here.
+    """
+    suggestion = record["suggestion"]
+    if gate.lr is not None:
+        value, source = gate.lr, "pinned lr"
+    elif gate.slice is not None:
+        value, source = list(gate.slice), "pinned slice"
+    else:
+        value, source = suggestion["slice"] or suggestion["lr"], "suggestion"
+    return {"gate": record["gate"], "policy": gate.policy, "source": source, "value": value, "suggested": suggestion}
+
+
+def as_lr(value: float | list[float]) -> float | slice:
+    """A decision's value as ``fit_one_cycle`` takes it."""
+    return slice(*value) if isinstance(value, list) else float(value)
+
+
+def train(
+    cfg: RunConfig, run: RunInfo, checkpoint: str, value: float | list[float], stage: str, log: Log = print
+) -> dict[str, Any]:
+    """``fit_one_cycle`` from the checkpoint with the gate's lr or slice; writes the next checkpoint and metrics."""
+    learn = make_learner(cfg, run, checkpoint, log=log)
+    epochs = cfg.train.frozen_epochs if stage == "train-frozen" else cfg.train.unfrozen_epochs
+    started = time.perf_counter()
+    log(f"{stage}: fit_one_cycle({epochs}, {as_lr(value)})")
+    with learn.no_logging():
+        learn.fit_one_cycle(epochs, as_lr(value))
+    seconds = time.perf_counter() - started
+    probe = learn.fit_probe
+    names = learn.recorder.metric_names[1:-1]  # drop "epoch" and "time"
+    epochs_out = [dict(zip(names, map(_number, values), strict=True)) for values in learn.recorder.values]
+    path = save_checkpoint(
+        learn, run.path(f"checkpoints/{'1-frozen' if stage == 'train-frozen' else '3-fine-tuned'}.pth")
+    )
+    metrics = {
+        "stage": stage,
+        "checkpoint": str(path),
+        "fit_lr": value,
+        "peak_lrs": probe.peak_lrs,
+        "epochs": epochs_out,
+        "seconds": round(seconds, 2),
+        "images_per_s": round(probe.images / seconds, 1) if seconds > 0 else None,
+    }
+    write_text(run.path(f"metrics-{stage}.json"), json.dumps(metrics, indent=2))
+    return metrics
+
+
+def _number(v: Any) -> float | None:
+    return None if v is None else float(v)
+
+
+def unfreeze(cfg: RunConfig, run: RunInfo, checkpoint: str) -> dict[str, Any]:
+    """``unfreeze()``, or ``freeze_to(n)`` when the config says so; the checkpoint gate 2 starts from."""
+    learn = make_learner(cfg, run, checkpoint)
+    n_groups = detect_state(learn).n_groups
+    if cfg.train.unfreeze == "all":
+        learn.unfreeze()
+    elif cfg.train.unfreeze >= n_groups:
+        raise LrgateError(
+            f"train.unfreeze: freeze_to({cfg.train.unfreeze}) on a model of {n_groups} groups trains nothing"
+        )
+    else:
+        learn.freeze_to(cfg.train.unfreeze)
+    state = detect_state(learn)
+    path = save_checkpoint(learn, run.path("checkpoints/2-unfrozen.pth"))
+    return {"checkpoint": str(path), "state": state.state, "frozen_groups": state.frozen_groups}
+
+
+def export(cfg: RunConfig, run: RunInfo, checkpoint: str) -> dict[str, Any]:
+    """``learn.export`` of the fine-tuned model as ``model.pkl`` (written beside, then renamed into place)."""
+    learn = make_learner(cfg, run, checkpoint)
+    learn.remove_cbs([learn.fit_probe, learn.progress_log])  # run-time helpers, not part of the model
+    final = run.path("model.pkl")
+    tmp = final.with_name(".model.pkl.part")
+    learn.export(tmp)
+    os.replace(tmp, final)
+    return {"model": str(final), "classes": list(learn.dls.vocab)}

@@ -1,0 +1,79 @@
+"""Configs are validated at load time; every error names the file and the field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lrgate.config import ConfigError, load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "run.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_shipped_configs_load():
+    demo = load_config(ROOT / "configs" / "demo.yaml")
+    assert demo.model.arch == "efficientnet_lite0" and demo.data.source == "demo"
+    assert demo.output_dir == ROOT / "runs"  # relative to the config file
+    own = load_config(ROOT / "configs" / "my-images.example.yaml")
+    assert own.data.source == "folder"
+
+
+def test_relative_paths_are_read_against_the_config_folder(tmp_path):
+    (tmp_path / "images").mkdir()
+    cfg = load_config(write(tmp_path, "data: {source: folder, path: images}\noutput_dir: out\n"))
+    assert cfg.data.path == tmp_path / "images" and cfg.output_dir == tmp_path / "out"
+
+
+def test_an_empty_file_means_the_defaults(tmp_path):
+    assert load_config(write(tmp_path, "")).name == "lrgate"
+
+
+def test_digest_changes_with_the_config(tmp_path):
+    a = load_config(write(tmp_path, "seed: 1\n")).digest()
+    b = load_config(write(tmp_path, "seed: 2\n")).digest()
+    assert a != b and a == load_config(write(tmp_path, "seed: 1\n")).digest()
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("trian: {}\n", "trian: unknown field"),
+        ("train: {batch_size: many}\n", "train.batch_size: Input should be a valid integer"),
+        ("train: {batch_size: 0}\n", "train.batch_size: Input should be greater than or equal to 1"),
+        ("model: {arch: resnet9000, pretrained: false}\n", "model.arch: unknown arch 'resnet9000'"),
+        ("model: {arch: resnet18}\n", "model.weights: a pretrained resnet18 needs a local weights file"),
+        ("model: {weights: nowhere.pth}\n", "model.weights: "),
+        ("suggest: {method: magic}\n", "suggest.method: unknown method 'magic'"),
+        ("suggest: {noise: 0}\n", "suggest.noise"),
+        ("data: {source: folder}\n", "data.path is required"),
+        ("data: {source: folder, path: missing}\n", "data.path: "),
+        ("data: {valid_pct: 1.5}\n", "data.valid_pct"),
+        ("lr_find: {start_lr: 1.0, end_lr: 0.1}\n", "end_lr (0.1) must be above start_lr"),
+        ("gates: {unfrozen: {slice: [1.0e-3, 1.0e-5]}}\n", "lo <= hi"),
+        ("gates: {frozen: {slice: [1.0e-5, 1.0e-3]}}\n", "gates.frozen trains a frozen model with one lr"),
+        ("gates: {frozen: {lr: -1}}\n", "gates.frozen.lr"),
+        ("gates: {frozen: {policy: sometimes}}\n", "gates.frozen.policy"),
+        ("device: tpu\n", "device: Input should be 'auto', 'cpu' or 'cuda'"),
+        ("precision: fp8\n", "precision"),
+        ("name: My Run\n", "name: String should match pattern"),
+        ("- just\n- a list\n", "expected a mapping"),
+        ("train: {batch_size: [\n", "not valid YAML"),
+    ],
+)
+def test_bad_fields_are_named_with_the_file(tmp_path, text, message):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    assert str(path) in str(e.value) and message in str(e.value)
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(ConfigError, match="no such config file"):
+        load_config(tmp_path / "nope.yaml")

@@ -1,0 +1,111 @@
+"""The whole Prefect flow on a tiny config, on a real (embedded) Prefect API."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from fastai.learner import load_learner
+from fastai.torch_core import even_mults
+from lrgate.flows.pipeline import pipeline
+from PIL import Image
+
+from lrgate.data import DataError
+from tests.conftest import make_image_folder, tiny_config
+
+
+@pytest.fixture(scope="module")
+def finished(prefect_api, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("pipeline")
+    return pipeline(str(tiny_config(folder)), str(folder / "run"))
+
+
+def gate_json(summary, gate: str) -> dict:
+    return json.loads((summary_dir(summary) / f"gate-{gate}" / "suggestion.json").read_text())
+
+
+def summary_dir(summary):
+    from pathlib import Path
+
+    return Path(summary["run_dir"])
+
+
+def test_train_frozen_fits_with_exactly_gate_1s_lr(finished):
+    suggested = gate_json(finished, "frozen")
+    assert suggested["state"] == "frozen" and suggested["slice"] is None
+    frozen = finished["metrics"]["train-frozen"]
+    assert frozen["fit_lr"] == suggested["lr"] == finished["decisions"]["frozen"]["value"]
+    # What the optimizer really saw: the head group peaks at that lr (one-cycle's peak, sampled per batch).
+    assert suggested["lr"] * 0.9 <= frozen["peak_lrs"][-1] <= suggested["lr"] * (1 + 1e-9)
+
+
+def test_fine_tune_fits_with_exactly_gate_2s_slice(finished):
+    suggested = gate_json(finished, "unfrozen")
+    assert suggested["state"] == "unfrozen"
+    tuned = finished["metrics"]["fine-tune"]
+    assert tuned["fit_lr"] == suggested["slice"] == finished["decisions"]["unfrozen"]["value"]
+    expected = even_mults(*suggested["slice"], 4)  # fastai spreads a slice over the 4 groups geometrically
+    assert np.allclose(tuned["peak_lrs"], expected, rtol=0.1)
+    assert all(p <= e * (1 + 1e-9) for p, e in zip(tuned["peak_lrs"], expected, strict=True))
+
+
+def test_every_output_exists_and_reads_back(finished):
+    run = summary_dir(finished)
+    for gate in ("frozen", "unfrozen"):
+        with Image.open(run / f"gate-{gate}" / "review.png") as im:
+            assert im.format == "PNG"
+        frame = pd.read_csv(run / f"gate-{gate}" / "review.csv")
+        assert {"loss", "loss_grad", "lrs", "min_grad"} <= set(frame.columns)
+        curve = pd.read_csv(run / f"gate-{gate}" / "curve.csv")
+        assert list(curve.columns) == ["lr", "loss"] and len(curve) >= 7  # 2 * noise + 1
+    for name in ("0-initial", "1-frozen", "2-unfrozen", "3-fine-tuned"):
+        assert (run / "checkpoints" / f"{name}.pth").stat().st_size > 1e6
+    metrics = json.loads((run / "metrics-fine-tune.json").read_text())
+    assert {"train_loss", "valid_loss", "accuracy"} <= set(metrics["epochs"][0])
+    report = (run / "report.md").read_text()
+    assert "## Gate 1: frozen" in report and "## Gate 2: unfrozen" in report
+    assert "](gate-frozen/review.png)" in report and "model.pkl" in report
+    assert set(finished["stage_states"].values()) == {"Completed"}
+
+
+def test_exported_model_loads_and_predicts(finished):
+    learn = load_learner(finished["model"])
+    image = next((summary_dir(finished).parent / "runs" / ".data" / "digits-12" / "3").glob("*.png"))
+    label, _, probs = learn.predict(image)
+    assert label in learn.dls.vocab and probs.shape == (10,)
+
+
+def test_each_gate_publishes_a_review_artifact_and_the_run_a_metrics_table(finished):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        keys = ["tiny-gate-frozen", "tiny-gate-unfrozen", "tiny-metrics"]
+        artifacts = {
+            a.key: a for a in client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=keys)))
+        }
+    assert set(artifacts) == set(keys)
+    gate = artifacts["tiny-gate-unfrozen"]
+    assert gate.type == "markdown" and "data:image/png;base64," in gate.data and "gradient" in gate.data
+    assert artifacts["tiny-metrics"].type == "table"
+
+
+def test_pinned_values_are_trained_with_and_the_suggestion_kept_beside(prefect_api, tmp_path):
+    pins = "gates:\n  frozen: {lr: 0.003}\n  unfrozen: {slice: [1.0e-5, 1.0e-3]}\n"
+    summary = pipeline(str(tiny_config(tmp_path, pins)), str(tmp_path / "run"))
+    assert summary["metrics"]["train-frozen"]["fit_lr"] == 0.003
+    assert summary["metrics"]["fine-tune"]["fit_lr"] == [1e-5, 1e-3]
+    assert summary["decisions"]["frozen"]["source"] == "pinned lr"
+    assert gate_json(summary, "unfrozen")["lr"] > 0  # the gate still ran and recorded its suggestion
+
+
+def test_corrupt_images_fail_before_any_training(prefect_api, tmp_path):
+    root = make_image_folder(tmp_path / "img")
+    (root / "circle" / "bad.png").write_text("not an image")
+    config = tiny_config(tmp_path).read_text().replace("{source: demo, per_class: 12}", "{source: folder, path: img}")
+    (tmp_path / "tiny.yaml").write_text(config)
+    with pytest.raises(DataError, match="bad.png"):
+        pipeline(str(tmp_path / "tiny.yaml"), str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
