@@ -5,7 +5,7 @@ STAMP := $(VENV)/.lrgate-installed
 BIN := $(VENV)/bin
 CURVES := lrgate/example_curves
 
-.PHONY: demo test lint
+.PHONY: demo suggest-demo test lint
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,11 +16,10 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	@echo "== gate 1: frozen model, one lr (real lr_find curve of a tiny transfer Learner)"
-	$(BIN)/lrgate suggest $(CURVES)/digits_adam_bs64_frozen.csv --frozen --plot runs/demo/gate1-frozen.png
-	@echo
-	@echo "== gate 2: unfrozen model, a discriminative slice"
-	$(BIN)/lrgate suggest $(CURVES)/digits_adam_bs64_unfrozen.csv --unfrozen --plot runs/demo/gate2-unfrozen.png --json
+	$(BIN)/lrgate run configs/demo.yaml
+
+suggest-demo: $(STAMP)
+	$(BIN)/lrgate suggest $(CURVES)/digits_adam_bs64_unfrozen.csv --unfrozen --plot runs/suggest-demo/gate2.png
 
 test: $(STAMP)
 	$(BIN)/ruff check .

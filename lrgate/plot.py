@@ -15,7 +15,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from lrgate.outputs import write_atomic
-from lrgate.suggest import Suggestion
+from lrgate.suggest import Suggestion, warmup_points
 
 LOSS_COLOR, GRAD_COLOR = "tab:blue", "tab:orange"
 MIN_COLOR, MAX_COLOR = "red", "green"
@@ -55,8 +55,11 @@ def review_figure(s: Suggestion, *, show_maxima: bool = False) -> Figure:
         ax.axvline(lo, color="tab:purple", lw=1.5, ls=":", label=f"slice lo {lo:.1e}")
         ax.axvline(hi, color="tab:purple", lw=2, label=f"slice hi {hi:.1e}")
 
-    # Scale both axes to the part before the upturn: the divergence would flatten the bowl to a line.
-    head = df.iloc[: max(int(np.searchsorted(lrs, s.upturn_lr, side="right")), 2)]
+    # Scale both axes to the part between the smoothed loss's warm-up and the upturn: the divergence (and
+    # the first few, barely averaged points) would otherwise flatten the bowl to a line.
+    end = int(np.searchsorted(lrs, s.upturn_lr, side="right"))
+    start = min(warmup_points(len(lrs)), max(end - 2, 0))
+    head = df.iloc[start : max(end, start + 2)]
     ax.set_ylim(*_limits(head["loss"].to_numpy()))
     ax_grad.set_ylim(*_limits(head["loss_grad"].to_numpy()))
     ax.set_xscale("log")

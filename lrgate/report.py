@@ -53,7 +53,7 @@ def render_report(
     for n, (record, decision) in enumerate(gates, 1):
         s = record["suggestion"]
         lines += [
-            f"## Gate {n}: {record['gate']} ({s['state']})",
+            f"## Gate {n}: {record['gate']}" + (f" ({s['state']})" if s["state"] != record["gate"] else ""),
             "",
             f"Trained with **{_value(decision['value'])}** ({decision['source']}, policy `{decision['policy']}`); "
             f"suggested {_value(s['slice'] or s['lr'])} by `{s['method']}`.",

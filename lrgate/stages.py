@@ -20,6 +20,7 @@ import fastai.callback.progress  # noqa: F401  (patches Learner.no_bar and the p
 import fastai.callback.schedule  # noqa: F401  (patches Learner.fit_one_cycle)
 import torch
 from fastai.callback.core import Callback
+from fastai.callback.schedule import LRFinder
 from fastai.learner import Learner
 from fastai.torch_core import set_seed
 
@@ -76,6 +77,8 @@ class ProgressLog(Callback):
         self.log = log
 
     def after_epoch(self) -> None:
+        if any(isinstance(cb, LRFinder) for cb in self.learn.cbs):
+            return  # a range test: it skips validation, and its gate logs its own lines
         values = dict(zip(self.recorder.metric_names, self.recorder.log, strict=False))
         shown = ", ".join(
             f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in values.items() if k != "epoch"
@@ -98,6 +101,15 @@ class FitProbe(Callback):
             self.images += len(self.xb[0])
 
 
+def _spawn_safe_workers() -> None:
+    """DataLoader workers forked from Prefect's multithreaded process can deadlock (prefect issue 12083):
+    start them from a fork server instead, unless the program already chose a start method."""
+    import multiprocessing
+
+    if multiprocessing.get_start_method(allow_none=True) is None:
+        multiprocessing.set_start_method("forkserver")
+
+
 def make_learner(
     cfg: RunConfig, run: RunInfo, checkpoint: str | os.PathLike | None = None, log: Log = print
 ) -> Learner:
@@ -108,6 +120,9 @@ def make_learner(
     device = resolve_device(cfg.device)
     set_seed(cfg.seed, reproducible=True)
     images = load_images(cfg, check=False)
+    workers = cfg.train.num_workers if cfg.train.num_workers is not None else (8 if device == "cuda" else 0)
+    if workers:
+        _spawn_safe_workers()
     dls = build_dataloaders(
         images,
         image_size=cfg.train.image_size,
@@ -115,7 +130,7 @@ def make_learner(
         valid_pct=cfg.data.valid_pct,
         seed=cfg.seed,
         device=device,
-        num_workers=cfg.train.num_workers if cfg.train.num_workers is not None else (8 if device == "cuda" else 0),
+        num_workers=workers,
     )
     learn = build_learner(dls, cfg.model, run.run_dir)
     learn.model_dir = "lr_find_tmp"  # lr_find's temporary weights: inside this run's folder, never shared

@@ -70,6 +70,7 @@ def test_every_output_exists_and_reads_back(finished):
     assert set(finished["stage_states"].values()) == {"Completed"}
 
 
+@pytest.mark.filterwarnings("ignore:load_learner` uses Python's insecure pickle")
 def test_exported_model_loads_and_predicts(finished):
     learn = load_learner(finished["model"])
     image = next((summary_dir(finished).parent / "runs" / ".data" / "digits-12" / "3").glob("*.png"))
