@@ -5,6 +5,7 @@ Runs ``lrgate run`` as a user would, in subprocesses with Prefect's embedded ser
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -51,7 +52,8 @@ def test_a_killed_run_resumes_without_redoing_finished_stages(tmp_path):
             time.sleep(0.05)
         time.sleep(1.0)  # inside the fine-tune now
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the run and its embedded server: a crash, not a shutdown
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # the run and its embedded server: a crash, not a shutdown
         proc.wait()
     assert not (run / "checkpoints/3-fine-tuned.pth").exists() and not (run / "model.pkl").exists()
     kept = {p: p.stat().st_mtime_ns for p in [*run.glob("checkpoints/*.pth"), *run.glob("gate-*/*")]}
