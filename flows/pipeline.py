@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import json
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from lrgate.flows.gates import gate_decision
 from lrgate.tasks.stages import (
     artifact_key,
     build_data,
@@ -26,12 +28,13 @@ from lrgate.tasks.stages import (
 )
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
+from prefect.runtime import flow_run
+from prefect.states import Cancelled
 
 from lrgate.config import load_config
 from lrgate.outputs import write_text
 from lrgate.report import metrics_rows, render_report
-from lrgate.run_dir import new_run_dir, open_run
-from lrgate.stages import decide
+from lrgate.run_dir import open_run
 
 STAGES = ("build-learner", "gate-frozen", "train-frozen", "unfreeze", "gate-unfrozen", "fine-tune", "export")
 
@@ -41,15 +44,18 @@ def pipeline(config: str, out: str | None = None) -> dict[str, Any]:
     """Train one model through both gates; ``out`` names the run folder (an existing one is resumed).
 
     Returns a summary: the run folder, both gates' decisions, the metrics and each stage's final state
-    (``Completed``, or ``Cached`` for a stage a resumed run did not redo).
+    (``Completed``, or ``Cached`` for a stage a resumed run did not redo). A rejected gate ends the run
+    ``Cancelled``, with the reason in its state message and in the report.
     """
     logger = get_run_logger()
     cfg = load_config(config)
     data = build_data(cfg)
-    run, resumed = open_run(cfg, Path(config), Path(out) if out else new_run_dir(cfg), data["fingerprint"])
+    run, resumed = open_run(cfg, Path(config), Path(out) if out else default_run_dir(cfg), data["fingerprint"])
     logger.info("%s run %s in %s", "resuming" if resumed else "starting", run.run_id, run.run_dir)
     progress = create_progress_artifact(0.0, key=artifact_key(cfg, "progress"), description=f"run {run.run_id}")
     states: dict[str, str] = {}
+    gates: list[tuple[dict[str, Any], dict[str, Any]]] = []
+    trainings: list[dict[str, Any]] = []
 
     def stage(name: str, t, *args) -> dict[str, Any]:
         state = cached(t, run, name)(cfg, run, *args, return_state=True)
@@ -58,44 +64,70 @@ def pipeline(config: str, out: str | None = None) -> dict[str, Any]:
         update_progress_artifact(progress, 100.0 * len(states) / len(STAGES))
         return result
 
-    initial = stage("build-learner", build_learner)
-    gate1 = stage("gate-frozen", lr_suggest, initial["checkpoint"], "frozen")
-    lr = decide(gate1, cfg.gates.frozen)
-    logger.info("gate 1: training the frozen model with %s (%s)", lr["value"], lr["source"])
-    frozen = stage("train-frozen", train_frozen, initial["checkpoint"], lr["value"])
-    unfrozen = stage("unfreeze", unfreeze, frozen["checkpoint"])
-    gate2 = stage("gate-unfrozen", lr_suggest, unfrozen["checkpoint"], "unfrozen")
-    sl = decide(gate2, cfg.gates.unfrozen)
-    logger.info("gate 2: fine-tuning with %s (%s)", sl["value"], sl["source"])
-    tuned = stage("fine-tune", fine_tune, unfrozen["checkpoint"], sl["value"])
-    model = stage("export", export, tuned["checkpoint"])
+    def gate(record: dict[str, Any], gate_cfg) -> dict[str, Any]:
+        decision = gate_decision(cfg, run, record, gate_cfg)
+        gates.append((record, decision))
+        logger.info(
+            "gate %s: %s by %s: %s", record["gate"], decision["action"], decision["reviewer"], decision["value"]
+        )
+        return decision
 
-    trainings = [frozen, tuned]
-    create_table_artifact(metrics_rows(trainings), key=artifact_key(cfg, "metrics"), description=f"run {run.run_id}")
-    report = render_report(
-        cfg,
-        run,
-        data=data,
-        gates=[(gate1, lr), (gate2, sl)],
-        trainings=trainings,
-        model=model,
-        stage_states=states,
-        resumed=resumed,
-    )
-    write_text(run.path("report.md"), report)
-    summary = {
-        "run_dir": str(run.run_dir),
-        "run_id": run.run_id,
-        "resumed": resumed,
-        "decisions": {"frozen": lr, "unfrozen": sl},
-        "metrics": {"train-frozen": frozen, "fine-tune": tuned},
-        "model": model["model"],
-        "report": str(run.path("report.md")),
-        "stage_states": states,
-    }
-    write_text(run.path("summary.json"), json.dumps(summary, indent=2))
-    logger.info("done: report %s, model %s", summary["report"], summary["model"])
-    return summary
+    def finish(outcome: str, model: dict[str, Any] | None) -> dict[str, Any]:
+        if trainings:
+            create_table_artifact(
+                metrics_rows(trainings), key=artifact_key(cfg, "metrics"), description=f"run {run.run_id}"
+            )
+        report = render_report(
+            cfg,
+            run,
+            data=data,
+            gates=gates,
+            trainings=trainings,
+            model=model,
+            stage_states=states,
+            resumed=resumed,
+            outcome=outcome,
+        )
+        write_text(run.path("report.md"), report)
+        summary = {
+            "run_dir": str(run.run_dir),
+            "run_id": run.run_id,
+            "resumed": resumed,
+            "outcome": outcome,
+            "decisions": {record["gate"]: decision for record, decision in gates},
+            "metrics": {t["stage"]: t for t in trainings},
+            "model": model["model"] if model else None,
+            "report": str(run.path("report.md")),
+            "stage_states": states,
+        }
+        write_text(run.path("summary.json"), json.dumps(summary, indent=2))
+        logger.info("%s: report %s", outcome, summary["report"])
+        return summary
+
+    def rejected(decision: dict[str, Any]):
+        outcome = f"rejected at gate {decision['gate']} by {decision['reviewer']}: {decision['reason']}"
+        summary = finish(outcome, None)
+        return Cancelled(message=outcome, data=summary)
+
+    initial = stage("build-learner", build_learner)
+    lr = gate(stage("gate-frozen", lr_suggest, initial["checkpoint"], "frozen"), cfg.gates.frozen)
+    if lr["value"] is None:
+        return rejected(lr)
+    trainings.append(stage("train-frozen", train_frozen, initial["checkpoint"], lr["value"]))
+    unfrozen = stage("unfreeze", unfreeze, trainings[-1]["checkpoint"])
+    sl = gate(stage("gate-unfrozen", lr_suggest, unfrozen["checkpoint"], "unfrozen"), cfg.gates.unfrozen)
+    if sl["value"] is None:
+        return rejected(sl)
+    trainings.append(stage("fine-tune", fine_tune, unfrozen["checkpoint"], sl["value"]))
+    model = stage("export", export, trainings[-1]["checkpoint"])
+    return finish("finished", model)
+
+
+def default_run_dir(cfg) -> Path:
+    """A new folder per flow run, named from the run's scheduled start and id: a suspended deployment run that
+    resumes (and so re-runs from the top) finds its own folder again."""
+    started = flow_run.scheduled_start_time or datetime.now(UTC)
+    return cfg.output_dir / f"{cfg.name}-{started:%Y%m%d-%H%M%S}-{str(flow_run.id)[:8]}"
 
 
 if __name__ == "__main__":

@@ -46,12 +46,56 @@ def _run(args: argparse.Namespace) -> int:
     quiet_offline_prefect()
     from lrgate.flows.pipeline import pipeline
 
-    summary = pipeline(str(args.config), str(args.resume or args.out) if (args.resume or args.out) else None)
-    decisions = summary["decisions"]
+    out = args.resume or args.out
+    state = pipeline(str(args.config), str(out) if out else None, return_state=True)
+    if state.is_cancelled():
+        print(f"lrgate: {state.message}", file=sys.stderr)
+        return 3
+    summary = state.result()  # raises the stage's error when the run failed
     print(f"run {summary['run_id']}: {summary['run_dir']}" + (" (resumed)" if summary["resumed"] else ""))
-    print(f"gate 1 (frozen): {decisions['frozen']['value']} ({decisions['frozen']['source']})")
-    print(f"gate 2 (unfrozen): {decisions['unfrozen']['value']} ({decisions['unfrozen']['source']})")
+    for gate, d in summary["decisions"].items():
+        print(f"gate {gate}: {d['value']} ({d['action']} by {d['reviewer']}, {d['source']})")
     print(f"report: {summary['report']}\nmodel: {summary['model']}")
+    return 0
+
+
+def _pending(args: argparse.Namespace) -> int:
+    from lrgate.review import pending
+
+    runs = pending()
+    if args.json:
+        print(json.dumps(runs))
+        return 0
+    if not runs:
+        print("no run waits at a gate")
+    for r in runs:
+        print(f"{r['run_id']}  {r['name']}  gate {r['gate']}  suggested {r['suggestion']}  since {r['since']}")
+        print(f"    plot: {r['plot']}" + "".join(f"\n    warning: {w}" for w in r["warnings"]))
+    return 0
+
+
+def _parse_slice(text: str) -> tuple[float, float]:
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LO,HI (two numbers), got {text!r}") from None
+    return lo, hi
+
+
+def _approve(args: argparse.Namespace) -> int:
+    from lrgate.review import answer
+
+    sent = answer(args.run_id, lr=args.lr, slice_=args.slice, reviewer=args.reviewer)
+    what = "override" if sent["decision"] == "override" else "approved the suggestion"
+    print(f"gate {sent['gate']} of run {args.run_id}: {what} as {sent['reviewer']}")
+    return 0
+
+
+def _reject(args: argparse.Namespace) -> int:
+    from lrgate.review import answer
+
+    sent = answer(args.run_id, reject=args.reason, reviewer=args.reviewer)
+    print(f"gate {sent['gate']} of run {args.run_id}: rejected as {sent['reviewer']}")
     return 0
 
 
@@ -127,6 +171,26 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--out", type=Path, metavar="DIR", help="run folder; one that holds this config's run resumes")
     where.add_argument("--resume", type=Path, metavar="RUN_DIR", help="resume this run from its last finished stage")
     p.set_defaults(run=_run)
+
+    p = commands.add_parser("pending", help="list runs waiting at a gate (Prefect API in PREFECT_API_URL)")
+    p.add_argument("--json", action="store_true", help="print one JSON list")
+    p.set_defaults(run=_pending)
+
+    p = commands.add_parser("approve", help="approve a waiting gate's suggestion, or override it")
+    p.add_argument("run_id", metavar="RUN_ID", help="the flow run id (see lrgate pending)")
+    override = p.add_mutually_exclusive_group()
+    override.add_argument("--lr", type=float, help="train with this lr instead (gate 1)")
+    override.add_argument(
+        "--slice", type=_parse_slice, metavar="LO,HI", help="train with slice(LO, HI) instead (gate 2)"
+    )
+    p.add_argument("--reviewer", help="who decides (default: your user name)")
+    p.set_defaults(run=_approve)
+
+    p = commands.add_parser("reject", help="reject a waiting gate: the run stops, with the reason recorded")
+    p.add_argument("run_id", metavar="RUN_ID", help="the flow run id (see lrgate pending)")
+    p.add_argument("--reason", required=True, help="why (recorded in the run report)")
+    p.add_argument("--reviewer", help="who decides (default: your user name)")
+    p.set_defaults(run=_reject)
     return parser
 
 

@@ -100,6 +100,9 @@ class LrFindConfig(Strict):
     start_lr: PositiveLr = 1e-7
     end_lr: PositiveLr = 10.0
     num_it: int = Field(100, ge=10)
+    # fastai stops a range test once the smoothed loss passes 4x its best; lrgate reruns it without that stop
+    # when it ended too early to read.
+    stop_div: bool = True
 
     @model_validator(mode="after")
     def _range_increases(self) -> LrFindConfig:
@@ -122,9 +125,15 @@ class SuggestConfig(Strict):
 
 
 class GateConfig(Strict):
-    """One gate: its policy, and optionally a pinned value that is trained with instead of the suggestion."""
+    """One gate: its policy, and optionally a pinned value that is trained with instead of the suggestion.
 
-    policy: Literal["auto"] = "auto"
+    ``auto`` goes on with the suggestion (or the pinned value). ``manual`` waits for a person (Prefect UI form,
+    ``lrgate approve`` / ``lrgate reject`` or the API) for ``timeout`` seconds, then does ``on_timeout``.
+    """
+
+    policy: Literal["auto", "manual"] = "auto"
+    timeout: int = Field(3600, ge=1)
+    on_timeout: Literal["approve", "reject", "fail"] = "fail"
     lr: PositiveLr | None = None
     slice: tuple[PositiveLr, PositiveLr] | None = None
 

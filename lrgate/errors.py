@@ -12,6 +12,10 @@ class CurveError(LrgateError, ValueError):
     """An LR range-test curve (or an analysis parameter) that cannot be read into a learning rate."""
 
 
+class ShortCurveError(CurveError):
+    """Too few finite points for the extrema filter: a range test that stopped (or diverged) too soon."""
+
+
 class CurveFileError(LrgateError):
     """A curve file that is missing or malformed."""
 

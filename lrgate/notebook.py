@@ -23,6 +23,7 @@ def suggest_for_learner(
     start_lr: float = 1e-7,
     end_lr: float = 10.0,
     num_it: int = 100,
+    stop_div: bool = True,
     rerun: bool = False,
 ) -> Suggestion:
     """Read the Learner's state, run ``lr_find`` unless its last fit was one (or ``rerun``), and suggest.
@@ -32,7 +33,7 @@ def suggest_for_learner(
     state = detect_state(learn)
     curve = None if rerun else last_range_test(learn)
     if curve is None:
-        curve = run_range_test(learn, start_lr=start_lr, end_lr=end_lr, num_it=num_it)
+        curve = run_range_test(learn, start_lr=start_lr, end_lr=end_lr, num_it=num_it, stop_div=stop_div)
     s = suggest(*curve, state.state, method=method, noise=noise, margin=margin, n_groups=state.n_groups)
     return dataclasses.replace(s, warnings=state.warnings + s.warnings)
 

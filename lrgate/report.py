@@ -35,9 +35,10 @@ def render_report(
     data: dict[str, Any],
     gates: list[tuple[dict[str, Any], dict[str, Any]]],
     trainings: list[dict[str, Any]],
-    model: dict[str, Any],
+    model: dict[str, Any] | None,
     stage_states: dict[str, str],
     resumed: bool,
+    outcome: str = "finished",
 ) -> str:
     lines = [
         f"# lrgate run `{run.run_id}`: {cfg.name}",
@@ -48,15 +49,23 @@ def render_report(
         f"- model: `{cfg.model.arch}`, image size {cfg.train.image_size}, batch size {cfg.train.batch_size}; "
         f"config digest `{run.config_digest}`",
         "- stages: " + ", ".join(f"{k} {v}" for k, v in stage_states.items()),
+        f"- outcome: **{outcome}**",
         "",
     ]
     for n, (record, decision) in enumerate(gates, 1):
         s = record["suggestion"]
+        verdict = (
+            f"Rejected by {decision['reviewer']}"
+            if decision["value"] is None
+            else f"Trained with **{_value(decision['value'])}** ({decision['source']})"
+        )
         lines += [
             f"## Gate {n}: {record['gate']}" + (f" ({s['state']})" if s["state"] != record["gate"] else ""),
             "",
-            f"Trained with **{_value(decision['value'])}** ({decision['source']}, policy `{decision['policy']}`); "
-            f"suggested {_value(s['slice'] or s['lr'])} by `{s['method']}`.",
+            f"{verdict}; policy `{decision['policy']}`, {decision['action']} by {decision['reviewer']} at "
+            f"{decision['at']}"
+            + (f" (reason: {decision['reason']})" if decision["reason"] else "")
+            + f"; suggested {_value(s['slice'] or s['lr'])} by `{s['method']}`.",
             "",
             f"![gate {n} review plot]({_rel(record['plot'], run)})",
             "",
@@ -82,6 +91,8 @@ def render_report(
         keys = list(rows[0])
         lines += ["", "| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
         lines += ["| " + " | ".join(str(r.get(k, "")) for k in keys) + " |" for r in rows]
+    if model is None:
+        return "\n".join(lines)
     lines += [
         "",
         "## Model",

@@ -42,12 +42,6 @@ class RunInfo:
         return self.run_dir / name
 
 
-def new_run_dir(cfg: RunConfig) -> Path:
-    """``<output_dir>/<name>-<UTC time>-<4 hex>``: unique, and sorted by time."""
-    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
-    return cfg.output_dir / f"{cfg.name}-{stamp}-{uuid.uuid4().hex[:4]}"
-
-
 def open_run(cfg: RunConfig, config_path: Path, run_dir: Path, data_fingerprint: str) -> tuple[RunInfo, bool]:
     """Start a run in ``run_dir``, or reopen the run it holds; returns ``(info, resumed)``.
 

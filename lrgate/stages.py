@@ -9,6 +9,7 @@ into the run folder, atomically. That is what lets a killed run resume from its 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -27,7 +28,7 @@ from fastai.torch_core import set_seed
 from lrgate.config import GateConfig, RunConfig
 from lrgate.curve_file import write_curve_csv
 from lrgate.data import ImageSet, build_dataloaders, list_images
-from lrgate.errors import LrgateError
+from lrgate.errors import LrgateError, ShortCurveError
 from lrgate.learner_state import detect_state
 from lrgate.models import build_learner
 from lrgate.notebook import suggest_for_learner
@@ -187,8 +188,7 @@ def range_test(cfg: RunConfig, run: RunInfo, checkpoint: str, gate: str, log: Lo
         f"gate {gate}: lr_find from {cfg.lr_find.start_lr:g} to {cfg.lr_find.end_lr:g}, {cfg.lr_find.num_it} iterations"
     )
     started = time.perf_counter()
-    s = suggest_for_learner(
-        learn,
+    settings = dict(
         noise=cfg.suggest.noise,
         margin=cfg.suggest.margin,
         method=cfg.suggest.method,
@@ -197,6 +197,17 @@ def range_test(cfg: RunConfig, run: RunInfo, checkpoint: str, gate: str, log: Lo
         num_it=cfg.lr_find.num_it,
         rerun=True,
     )
+    try:
+        s = suggest_for_learner(learn, stop_div=cfg.lr_find.stop_div, **settings)
+    except ShortCurveError as e:
+        if not cfg.lr_find.stop_div:
+            raise
+        # A low loss (a well-trained head, say) passes fastai's 4x-best stop within a few noisy batches.
+        log(f"gate {gate}: {e}; running the range test again without fastai's early stop")
+        s = suggest_for_learner(learn, stop_div=False, **settings)
+        s = dataclasses.replace(
+            s, warnings=(f"the range test stopped too early ({e}); reran it with stop_div=False",) + s.warnings
+        )
     seconds = time.perf_counter() - started
     out = _gate_dir(run, gate)
     curve = write_curve_csv(out / "curve.csv", *recorded_curve(learn))

@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 from scipy.signal import argrelextrema
 
-from lrgate.errors import CurveError
+from lrgate.errors import CurveError, ShortCurveError
 
 State = Literal["frozen", "freeze_to", "unfrozen"]
 STATES: tuple[State, ...] = ("frozen", "freeze_to", "unfrozen")
@@ -190,7 +190,7 @@ def clean_curve(lrs: Sequence[float], losses: Sequence[float], noise: int) -> tu
         lrs, losses = lrs[:cut], losses[:cut]
     need = 2 * noise + 1
     if len(losses) < need:
-        raise CurveError(
+        raise ShortCurveError(
             f"noise={noise} needs at least {need} finite points, the curve has {len(losses)}: "
             "lower noise or record more iterations (lr_find num_it)"
         )

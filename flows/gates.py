@@ -1,0 +1,210 @@
+"""The gates between stages: go on by themselves (``auto``) or wait for a person (``manual``).
+
+A manual gate pauses the flow run with a Prefect ``RunInput`` form: approve, override (an lr, or a slice's lo
+and hi) or reject with a reason, and a required reviewer. The form's description carries the suggestion, the
+choices table and the review plot (embedded as a PNG data URI), so the Prefect UI shows everything on one page.
+The form's bounds are the gate's tested lr range, so the server itself refuses an override outside it; lo <= hi
+(which a JSON schema cannot say) is checked here, and the gate waits again with the reason shown.
+
+A deployed run suspends (its process and GPU are freed; on resume the flow re-runs and finished stages come
+back cached); a local run pauses in place, having released its GPU memory first. Each decision is written to
+``gate-<name>/decision.json`` (so a resumed run never asks twice), into the run report, and as an artifact.
+"""
+
+from __future__ import annotations
+
+import gc
+import getpass
+import json
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from lrgate.tasks.stages import artifact_key, gate_markdown
+from prefect import get_run_logger
+from prefect.artifacts import create_markdown_artifact
+from prefect.events import emit_event
+from prefect.exceptions import FlowPauseTimeout
+from prefect.flow_runs import pause_flow_run, suspend_flow_run
+from prefect.input import RunInput, create_flow_run_input
+from prefect.runtime import deployment, flow_run
+from pydantic import Field, create_model
+
+from lrgate.config import GateConfig, RunConfig
+from lrgate.errors import LrgateError
+from lrgate.outputs import write_text
+from lrgate.run_dir import RunInfo
+from lrgate.stages import decide
+
+POLL_SECONDS = 2
+PENDING_KEY = "lrgate-gate-{gate}"  # flow-run input that `lrgate pending` reads
+
+
+class GateTimeout(LrgateError):
+    """A manual gate's wait ran out and its config says ``on_timeout: fail``."""
+
+
+def answer_form(record: dict[str, Any]) -> type[RunInput]:
+    """The gate's form, with the override fields bounded by the lrs its range test tried."""
+    lo, hi = record["suggestion"]["tested_range"]
+    bounded = {"ge": lo, "le": hi}
+    fields: dict[str, Any] = {
+        "reviewer": (str, Field(min_length=1, description="who decides (required)")),
+        "decision": (Literal["approve", "override", "reject"], Field("approve", description="what to do")),
+        "reason": (str, Field("", description="why (required to reject)")),
+    }
+    if record["suggestion"]["slice"] is None:
+        fields["lr"] = (float | None, Field(None, **bounded, description=f"override lr, {lo:.1e} .. {hi:.1e}"))
+    else:
+        fields["slice_lo"] = (
+            float | None,
+            Field(None, **bounded, description=f"override slice lo, {lo:.1e} .. {hi:.1e}"),
+        )
+        fields["slice_hi"] = (
+            float | None,
+            Field(None, **bounded, description=f"override slice hi, {lo:.1e} .. {hi:.1e}"),
+        )
+    return create_model(f"Gate{record['gate'].title()}Answer", __base__=RunInput, **fields)
+
+
+def problem_with(answer: RunInput, record: dict[str, Any]) -> str | None:
+    """What the server's schema cannot check: the fields a decision needs, and lo <= hi."""
+    if answer.decision == "reject":
+        return None if answer.reason.strip() else "a rejection needs a reason"
+    if answer.decision != "override":
+        return None
+    if record["suggestion"]["slice"] is None:
+        return None if answer.lr is not None else "an override needs lr"
+    if answer.slice_lo is None or answer.slice_hi is None:
+        return "an override needs both slice_lo and slice_hi"
+    if answer.slice_lo > answer.slice_hi:
+        return f"slice_lo ({answer.slice_lo:g}) must not exceed slice_hi ({answer.slice_hi:g})"
+    return None
+
+
+def _decision(
+    record: dict[str, Any], gate: GateConfig, action: str, reviewer: str, value: Any, reason: str = ""
+) -> dict:
+    return {
+        "gate": record["gate"],
+        "policy": gate.policy,
+        "action": action,
+        "reviewer": reviewer,
+        "at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "reason": reason,
+        "source": {"approve": "suggestion", "override": "override"}.get(action, action),
+        "value": value,
+        "suggested": record["suggestion"],
+    }
+
+
+def _suggested_value(record: dict[str, Any]) -> Any:
+    s = record["suggestion"]
+    return s["slice"] or s["lr"]
+
+
+def _release_accelerator() -> None:
+    """A GPU is never held across a gate: the stages' Learners are gone; give their cached memory back."""
+    gc.collect()
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _running_again() -> None:
+    """After a pause times out the server still has the run Paused; the flow goes on, so say it runs again
+    (else its next pause is refused: "Cannot pause flows that are not currently running")."""
+    from prefect.client.orchestration import get_client
+    from prefect.states import Running
+
+    with get_client(sync_client=True) as client:
+        client.set_flow_run_state(flow_run.id, Running(), force=True)
+
+
+def wait_for_review(cfg: RunConfig, run: RunInfo, record: dict[str, Any], gate: GateConfig) -> dict[str, Any]:
+    """Pause (or, when deployed, suspend) until a person answers the gate's form; return the decision."""
+    logger = get_run_logger()
+    name = record["gate"]
+    form = answer_form(record)
+    page = gate_markdown(record, f"Review gate {name} of run {run.run_id}")
+    create_flow_run_input(
+        PENDING_KEY.format(gate=name),
+        {"gate": name, "suggestion": record["suggestion"], "plot": record["plot"], "run_dir": str(run.run_dir)},
+    )
+    _release_accelerator()
+    wait = suspend_flow_run if deployment.id else pause_flow_run
+    note = ""
+    for attempt in range(1, 100):
+        logger.info(
+            "gate %s waits for review: %s (answer in the UI, or `lrgate approve %s`)",
+            name,
+            flow_run.ui_url,
+            flow_run.id,
+        )
+        emit_event(
+            "lrgate.gate.waiting",
+            resource={"prefect.resource.id": f"prefect.flow-run.{flow_run.id}"},
+            payload={
+                "gate": name,
+                "config": cfg.name,
+                "suggestion": _suggested_value(record),
+                "ui_url": flow_run.ui_url,
+                "attempt": attempt,
+            },
+        )
+        described = form.with_initial_data(description=note + page, reviewer=getpass.getuser())
+        kwargs = {"timeout": gate.timeout, "key": f"gate-{name}-{attempt}"}
+        if wait is pause_flow_run:
+            kwargs["poll_interval"] = POLL_SECONDS
+        try:
+            answer = wait(wait_for_input=described, **kwargs)
+        except FlowPauseTimeout:
+            logger.warning("gate %s: no answer in %d s: %s", name, gate.timeout, gate.on_timeout)
+            _running_again()
+            if gate.on_timeout == "fail":
+                raise GateTimeout(f"gate {name}: no review within {gate.timeout} s (on_timeout: fail)") from None
+            value = _suggested_value(record) if gate.on_timeout == "approve" else None
+            return _decision(record, gate, gate.on_timeout, "timeout", value, f"no answer within {gate.timeout} s")
+        problem = problem_with(answer, record)
+        if problem is None:
+            break
+        logger.warning("gate %s: answer refused: %s; waiting again", name, problem)
+        note = f"**Your last answer was refused: {problem}.**\n\n"
+    if answer.decision == "reject":
+        return _decision(record, gate, "reject", answer.reviewer, None, answer.reason)
+    if answer.decision == "override":
+        value = [answer.slice_lo, answer.slice_hi] if record["suggestion"]["slice"] else answer.lr
+        return _decision(record, gate, "override", answer.reviewer, value, answer.reason)
+    return _decision(record, gate, "approve", answer.reviewer, _suggested_value(record), answer.reason)
+
+
+def gate_decision(cfg: RunConfig, run: RunInfo, record: dict[str, Any], gate: GateConfig) -> dict[str, Any]:
+    """The gate's decision: kept from an earlier attempt of this run, else taken now (auto or by a person)."""
+    saved = run.path(f"gate-{record['gate']}/decision.json")
+    if saved.exists():
+        return json.loads(saved.read_text())
+    if gate.policy == "auto" or gate.lr is not None or gate.slice is not None:
+        auto = decide(record, gate)
+        decision = _decision(record, gate, "approve", "auto", auto["value"])
+        decision["source"] = auto["source"]
+    else:
+        decision = wait_for_review(cfg, run, record, gate)
+    write_text(saved, json.dumps(decision, indent=2))
+    create_markdown_artifact(
+        decision_markdown(decision),
+        key=artifact_key(cfg, f"decision-{record['gate']}"),
+        description=f"lrgate decision at gate {record['gate']} of run {run.run_id}",
+    )
+    return decision
+
+
+def _value(v: Any) -> str:
+    return "none" if v is None else f"slice({v[0]:.2e}, {v[1]:.2e})" if isinstance(v, list) else f"{v:.2e}"
+
+
+def decision_markdown(d: dict[str, Any]) -> str:
+    return (
+        f"# Gate {d['gate']}: {d['action']}\n\n| | |\n|---|---|\n| reviewer | {d['reviewer']} |\n| when | {d['at']} |\n"
+        f"| policy | {d['policy']} |\n| suggested | {_value(d['suggested']['slice'] or d['suggested']['lr'])} |\n"
+        f"| trained with | {_value(d['value'])} ({d['source']}) |\n| reason | {d['reason'] or '-'} |\n"
+    )
