@@ -31,6 +31,7 @@ from pydantic import Field, create_model
 
 from lrgate.config import GateConfig, RunConfig
 from lrgate.errors import LrgateError
+from lrgate.guard import guard_problem, last_value, remember
 from lrgate.outputs import write_text
 from lrgate.run_dir import RunInfo
 from lrgate.stages import decide
@@ -41,6 +42,10 @@ PENDING_KEY = "lrgate-gate-{gate}"  # flow-run input that `lrgate pending` reads
 
 class GateTimeout(LrgateError):
     """A manual gate's wait ran out and its config says ``on_timeout: fail``."""
+
+
+class GuardStop(LrgateError):
+    """The guard stopped an unattended gate and the config says ``guard.on_fail: fail``."""
 
 
 def answer_form(record: dict[str, Any]) -> type[RunInput]:
@@ -121,8 +126,13 @@ def _running_again() -> None:
         client.set_flow_run_state(flow_run.id, Running(), force=True)
 
 
-def wait_for_review(cfg: RunConfig, run: RunInfo, record: dict[str, Any], gate: GateConfig) -> dict[str, Any]:
-    """Pause (or, when deployed, suspend) until a person answers the gate's form; return the decision."""
+def wait_for_review(
+    cfg: RunConfig, run: RunInfo, record: dict[str, Any], gate: GateConfig, why: str = ""
+) -> dict[str, Any]:
+    """Pause (or, when deployed, suspend) until a person answers the gate's form; return the decision.
+
+    ``why`` (the guard's reason, when it escalated an ``auto`` gate) heads the form's description.
+    """
     logger = get_run_logger()
     name = record["gate"]
     form = answer_form(record)
@@ -133,7 +143,7 @@ def wait_for_review(cfg: RunConfig, run: RunInfo, record: dict[str, Any], gate: 
     )
     _release_accelerator()
     wait = suspend_flow_run if deployment.id else pause_flow_run
-    note = ""
+    note = f"**Escalated to review: {why}.**\n\n" if why else ""
     for attempt in range(1, 100):
         logger.info(
             "gate %s waits for review: %s (answer in the UI, or `lrgate approve %s`)",
@@ -179,21 +189,40 @@ def wait_for_review(cfg: RunConfig, run: RunInfo, record: dict[str, Any], gate: 
 
 
 def gate_decision(cfg: RunConfig, run: RunInfo, record: dict[str, Any], gate: GateConfig) -> dict[str, Any]:
-    """The gate's decision: kept from an earlier attempt of this run, else taken now (auto or by a person)."""
-    saved = run.path(f"gate-{record['gate']}/decision.json")
+    """The gate's decision: kept from an earlier attempt of this run, else taken now.
+
+    A pinned value goes on as configured. An ``auto`` gate goes on with the suggestion unless the config's guard
+    stops it (then it escalates to a review, or fails, as ``guard.on_fail`` says). A ``manual`` gate waits.
+    Values that go on are remembered in the config's history for the guard of later runs.
+    """
+    name = record["gate"]
+    saved = run.path(f"gate-{name}/decision.json")
     if saved.exists():
         return json.loads(saved.read_text())
-    if gate.policy == "auto" or gate.lr is not None or gate.slice is not None:
+    pinned = gate.lr is not None or gate.slice is not None
+    problem = None
+    if gate.policy == "auto" and not pinned and cfg.guard is not None:
+        problem = guard_problem(record["suggestion"], cfg.guard, last_value(cfg, name))
+    if problem is not None:
+        get_run_logger().warning("gate %s: the guard stops the suggestion: %s (%s)", name, problem, cfg.guard.on_fail)
+        if cfg.guard.on_fail == "fail":
+            raise GuardStop(f"gate {name}: the guard stopped the suggestion: {problem}")
+        decision = wait_for_review(cfg, run, record, gate, why=f"the guard stopped the suggestion: {problem}")
+        decision["policy"] = "auto, escalated to manual by the guard"
+        decision["guard"] = problem
+    elif gate.policy == "manual" and not pinned:
+        decision = wait_for_review(cfg, run, record, gate)
+    else:
         auto = decide(record, gate)
         decision = _decision(record, gate, "approve", "auto", auto["value"])
         decision["source"] = auto["source"]
-    else:
-        decision = wait_for_review(cfg, run, record, gate)
     write_text(saved, json.dumps(decision, indent=2))
+    if decision["value"] is not None:
+        remember(cfg, name, decision["value"], run.run_id, decision["at"])
     create_markdown_artifact(
         decision_markdown(decision),
-        key=artifact_key(cfg, f"decision-{record['gate']}"),
-        description=f"lrgate decision at gate {record['gate']} of run {run.run_id}",
+        key=artifact_key(cfg, f"decision-{name}"),
+        description=f"lrgate decision at gate {name} of run {run.run_id}",
     )
     return decision
 

@@ -33,6 +33,7 @@ from prefect.states import Cancelled
 
 from lrgate.config import load_config
 from lrgate.outputs import write_text
+from lrgate.promotion import promote
 from lrgate.report import metrics_rows, render_report
 from lrgate.run_dir import open_run
 
@@ -72,7 +73,7 @@ def pipeline(config: str, out: str | None = None) -> dict[str, Any]:
         )
         return decision
 
-    def finish(outcome: str, model: dict[str, Any] | None) -> dict[str, Any]:
+    def finish(outcome: str, model: dict[str, Any] | None, promotion: dict[str, Any] | None = None) -> dict[str, Any]:
         if trainings:
             create_table_artifact(
                 metrics_rows(trainings), key=artifact_key(cfg, "metrics"), description=f"run {run.run_id}"
@@ -99,6 +100,7 @@ def pipeline(config: str, out: str | None = None) -> dict[str, Any]:
             "model": model["model"] if model else None,
             "report": str(run.path("report.md")),
             "stage_states": states,
+            "promotion": promotion,
         }
         write_text(run.path("summary.json"), json.dumps(summary, indent=2))
         logger.info("%s: report %s", outcome, summary["report"])
@@ -120,7 +122,10 @@ def pipeline(config: str, out: str | None = None) -> dict[str, Any]:
         return rejected(sl)
     trainings.append(stage("fine-tune", fine_tune, unfrozen["checkpoint"], sl["value"]))
     model = stage("export", export, trainings[-1]["checkpoint"])
-    return finish("finished", model)
+    metric = trainings[-1]["epochs"][-1][cfg.promotion.metric]
+    promotion = promote(cfg, run.run_dir, model["model"], metric, run.run_id)
+    (logger.info if promotion["promoted"] else logger.warning)("latest model: %s", promotion["why"])
+    return finish("finished" if promotion["promoted"] else "finished, not promoted", model, promotion)
 
 
 def default_run_dir(cfg) -> Path:

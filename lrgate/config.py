@@ -157,6 +157,33 @@ class GatesConfig(Strict):
         return self
 
 
+class GuardConfig(Strict):
+    """When an ``auto`` gate may go on by itself (scheduled, unattended runs); otherwise ``on_fail`` happens.
+
+    It goes on only when the suggestion raised no warning (every fallback warns), lies inside ``lr_range`` (a
+    slice: both ends), and is within ``max_decades_from_last`` of the last value that went on at this gate for
+    this config (the first run has none to compare with).
+    """
+
+    lr_range: tuple[PositiveLr, PositiveLr] = (1e-7, 10.0)
+    max_decades_from_last: float = Field(1.0, gt=0, allow_inf_nan=False)
+    on_fail: Literal["manual", "fail"] = "manual"
+
+    @model_validator(mode="after")
+    def _range_increases(self) -> GuardConfig:
+        if self.lr_range[0] >= self.lr_range[1]:
+            raise ValueError(f"guard.lr_range must be [low, high] with low < high, got {list(self.lr_range)}")
+        return self
+
+
+class PromotionConfig(Strict):
+    """The config's ``latest`` model moves to a new run only when its metric is no worse than the current one's
+    minus ``tolerance`` (for a loss: plus)."""
+
+    metric: Literal["accuracy", "valid_loss"] = "accuracy"
+    tolerance: float = Field(0.01, ge=0, allow_inf_nan=False)
+
+
 class RunConfig(Strict):
     """A whole run: what to train, how, and where the outputs go."""
 
@@ -167,6 +194,8 @@ class RunConfig(Strict):
     lr_find: LrFindConfig = LrFindConfig()
     suggest: SuggestConfig = SuggestConfig()
     gates: GatesConfig = GatesConfig()
+    guard: GuardConfig | None = None
+    promotion: PromotionConfig = PromotionConfig()
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["fp32", "fp16", "bf16"] = "fp32"
     seed: int = 42

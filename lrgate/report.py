@@ -39,6 +39,7 @@ def render_report(
     stage_states: dict[str, str],
     resumed: bool,
     outcome: str = "finished",
+    promotion: dict[str, Any] | None = None,
 ) -> str:
     lines = [
         f"# lrgate run `{run.run_id}`: {cfg.name}",
@@ -49,7 +50,7 @@ def render_report(
         f"- model: `{cfg.model.arch}`, image size {cfg.train.image_size}, batch size {cfg.train.batch_size}; "
         f"config digest `{run.config_digest}`",
         "- stages: " + ", ".join(f"{k} {v}" for k, v in stage_states.items()),
-        f"- outcome: **{outcome}**",
+        f"- outcome: **{outcome}**" + (f" ({promotion['why']})" if promotion else ""),
         "",
     ]
     for n, (record, decision) in enumerate(gates, 1):

@@ -48,20 +48,78 @@ def make_image_folder(root, classes=("circle", "square"), per_class: int = 24, s
     return root
 
 
-@pytest.fixture(scope="session")
-def prefect_api():
-    """A real Prefect API (the embedded server on a temporary database), once per test session."""
-    from prefect.testing.utilities import prefect_test_harness
+def _free_port() -> int:
+    import socket
 
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def prefect_api(tmp_path_factory):
+    """A real ``prefect server`` on 127.0.0.1 and a free port, started once per test session and stopped after.
+
+    In-process flows reach it through Prefect's settings, subprocesses (``lrgate run``, workers) through
+    ``PREFECT_API_URL`` in the environment. Yields the API URL.
+    """
+    import signal
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    home = tmp_path_factory.mktemp("prefect-server")
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}/api"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
+    env.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_SERVER_UI_ENABLED="true")
+    log = (home / "server.log").open("w")
+    prefect = str(Path(sys.executable).parent / "prefect")
+    server = subprocess.Popen(
+        [prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2):
+                    break
+            except OSError:
+                assert server.poll() is None, (home / "server.log").read_text()[-2000:]
+                assert time.monotonic() < deadline, "prefect server did not become healthy in 120 s"
+                time.sleep(0.5)
+        os.environ["PREFECT_API_URL"] = url
+        with temporary_settings({PREFECT_API_URL: url}):
+            yield url
+    finally:
+        # Send what this process still has queued for the server (logs, events) while it is there to take it.
+        from prefect.events.worker import EventsWorker
+        from prefect.logging.handlers import APILogWorker
+
+        APILogWorker.drain_all(timeout=10)
+        EventsWorker.drain_all(timeout=10)
+        os.environ.pop("PREFECT_API_URL", None)
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+        log.close()
 
 
 TINY_CONFIG = """
 name: tiny
 data: {source: demo, per_class: 12}
 train: {frozen_epochs: 1, unfrozen_epochs: %(unfrozen_epochs)d, batch_size: 16, image_size: 32}
-lr_find: {num_it: 24}
+lr_find: {num_it: 24, end_lr: 1, stop_div: false}
 device: cpu
 output_dir: runs
 %(extra)s
