@@ -23,7 +23,7 @@ from lrgate.tasks.stages import artifact_key, gate_markdown
 from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.events import emit_event
-from prefect.exceptions import FlowPauseTimeout
+from prefect.exceptions import FlowPauseTimeout, PrefectHTTPStatusError
 from prefect.flow_runs import pause_flow_run, suspend_flow_run
 from prefect.input import RunInput, create_flow_run_input
 from prefect.runtime import deployment, flow_run
@@ -137,10 +137,14 @@ def wait_for_review(
     name = record["gate"]
     form = answer_form(record)
     page = gate_markdown(record, f"Review gate {name} of run {run.run_id}")
-    create_flow_run_input(
-        PENDING_KEY.format(gate=name),
-        {"gate": name, "suggestion": record["suggestion"], "plot": record["plot"], "run_dir": str(run.run_dir)},
-    )
+    try:
+        create_flow_run_input(
+            PENDING_KEY.format(gate=name),
+            {"gate": name, "suggestion": record["suggestion"], "plot": record["plot"], "run_dir": str(run.run_dir)},
+        )
+    except PrefectHTTPStatusError as e:
+        if e.response.status_code != 409:  # 409: published already, by this run before it was suspended
+            raise
     _release_accelerator()
     wait = suspend_flow_run if deployment.id else pause_flow_run
     note = f"**Escalated to review: {why}.**\n\n" if why else ""

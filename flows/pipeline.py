@@ -129,10 +129,13 @@ def pipeline(config: str, out: str | None = None) -> dict[str, Any]:
 
 
 def default_run_dir(cfg) -> Path:
-    """A new folder per flow run, named from the run's scheduled start and id: a suspended deployment run that
-    resumes (and so re-runs from the top) finds its own folder again."""
-    started = flow_run.scheduled_start_time or datetime.now(UTC)
-    return cfg.output_dir / f"{cfg.name}-{started:%Y%m%d-%H%M%S}-{str(flow_run.id)[:8]}"
+    """A new folder per flow run, named from the run's creation time and id: stable across the re-runs of one
+    flow run, so a suspended deployment run that resumes (and so re-runs from the top) finds its folder again."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        created = client.read_flow_run(flow_run.id).created or datetime.now(UTC)
+    return cfg.output_dir / f"{cfg.name}-{created.astimezone(UTC):%Y%m%d-%H%M%S}-{str(flow_run.id)[:8]}"
 
 
 if __name__ == "__main__":
