@@ -5,7 +5,7 @@ STAMP := $(VENV)/.lrgate-installed
 BIN := $(VENV)/bin
 CURVES := lrgate/example_curves
 
-.PHONY: demo suggest-demo test lint
+.PHONY: demo suggest-demo test lint browser
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,10 +21,16 @@ demo: $(STAMP)
 suggest-demo: $(STAMP)
 	$(BIN)/lrgate suggest $(CURVES)/digits_adam_bs64_unfrozen.csv --unfrozen --plot runs/suggest-demo/gate2.png
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest -q
+
+# Debian's chromium and chromium-driver for the browser test (a browser download, as playwright does, fails offline).
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium chromium-driver; }
 
 lint: $(STAMP)
 	$(BIN)/ruff check --fix .

@@ -14,7 +14,6 @@ back cached); a local run pauses in place, having released its GPU memory first.
 from __future__ import annotations
 
 import gc
-import getpass
 import json
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -30,7 +29,7 @@ from prefect.runtime import deployment, flow_run
 from pydantic import Field, create_model
 
 from lrgate.config import GateConfig, RunConfig
-from lrgate.errors import LrgateError
+from lrgate.errors import CurveError, LrgateError
 from lrgate.guard import guard_problem, last_value, remember
 from lrgate.outputs import write_text
 from lrgate.run_dir import RunInfo
@@ -166,7 +165,8 @@ def wait_for_review(
                 "attempt": attempt,
             },
         )
-        described = form.with_initial_data(description=note + page, reviewer=getpass.getuser())
+        # reviewer stays without a default, so the UI form requires it (the CLI sends the user name)
+        described = form.with_initial_data(description=note + page)
         kwargs = {"timeout": gate.timeout, "key": f"gate-{name}-{attempt}"}
         if wait is pause_flow_run:
             kwargs["poll_interval"] = POLL_SECONDS
@@ -204,6 +204,8 @@ def gate_decision(cfg: RunConfig, run: RunInfo, record: dict[str, Any], gate: Ga
     if saved.exists():
         return json.loads(saved.read_text())
     pinned = gate.lr is not None or gate.slice is not None
+    if record["suggestion"] is None and not pinned:
+        raise CurveError(f"gate {name}: {record['error']}")  # nothing to approve: fail with the reason
     problem = None
     if gate.policy == "auto" and not pinned and cfg.guard is not None:
         problem = guard_problem(record["suggestion"], cfg.guard, last_value(cfg, name))
@@ -235,9 +237,13 @@ def _value(v: Any) -> str:
     return "none" if v is None else f"slice({v[0]:.2e}, {v[1]:.2e})" if isinstance(v, list) else f"{v:.2e}"
 
 
+def _suggested(s: dict[str, Any] | None) -> str:
+    return "none (the curve could not be read)" if s is None else _value(s["slice"] or s["lr"])
+
+
 def decision_markdown(d: dict[str, Any]) -> str:
     return (
         f"# Gate {d['gate']}: {d['action']}\n\n| | |\n|---|---|\n| reviewer | {d['reviewer']} |\n| when | {d['at']} |\n"
-        f"| policy | {d['policy']} |\n| suggested | {_value(d['suggested']['slice'] or d['suggested']['lr'])} |\n"
+        f"| policy | {d['policy']} |\n| suggested | {_suggested(d['suggested'])} |\n"
         f"| trained with | {_value(d['value'])} ({d['source']}) |\n| reason | {d['reason'] or '-'} |\n"
     )

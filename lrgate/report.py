@@ -60,21 +60,24 @@ def render_report(
             if decision["value"] is None
             else f"Trained with **{_value(decision['value'])}** ({decision['source']})"
         )
+        suggested = (
+            f"the range test could not be read: {record['error']}"
+            if s is None
+            else f"suggested {_value(s['slice'] or s['lr'])} by `{s['method']}`"
+        )
+        state = "" if s is None or s["state"] == record["gate"] else f" ({s['state']})"
+        reason = f" (reason: {decision['reason']})" if decision["reason"] else ""
         lines += [
-            f"## Gate {n}: {record['gate']}" + (f" ({s['state']})" if s["state"] != record["gate"] else ""),
+            f"## Gate {n}: {record['gate']}{state}",
             "",
             f"{verdict}; policy `{decision['policy']}`, {decision['action']} by {decision['reviewer']} at "
-            f"{decision['at']}"
-            + (f" (reason: {decision['reason']})" if decision["reason"] else "")
-            + f"; suggested {_value(s['slice'] or s['lr'])} by `{s['method']}`.",
-            "",
-            f"![gate {n} review plot]({_rel(record['plot'], run)})",
-            "",
-            "```",
-            record["choices"],
-            "```",
+            f"{decision['at']}{reason}; {suggested}.",
             "",
         ]
+        if s is not None:
+            lines += [f"![gate {n} review plot]({_rel(record['plot'], run)})", "", "```", record["choices"], "```", ""]
+    if not trainings:
+        return "\n".join(lines)
     lines += [
         "## Training",
         "",

@@ -28,7 +28,7 @@ from fastai.torch_core import set_seed
 from lrgate.config import GateConfig, RunConfig
 from lrgate.curve_file import write_curve_csv
 from lrgate.data import ImageSet, build_dataloaders, list_images
-from lrgate.errors import LrgateError, ShortCurveError
+from lrgate.errors import CurveError, LrgateError, ShortCurveError
 from lrgate.learner_state import detect_state
 from lrgate.models import build_learner
 from lrgate.notebook import suggest_for_learner
@@ -198,16 +198,28 @@ def range_test(cfg: RunConfig, run: RunInfo, checkpoint: str, gate: str, log: Lo
         rerun=True,
     )
     try:
-        s = suggest_for_learner(learn, stop_div=cfg.lr_find.stop_div, **settings)
-    except ShortCurveError as e:
-        if not cfg.lr_find.stop_div:
-            raise
-        # A low loss (a well-trained head, say) passes fastai's 4x-best stop within a few noisy batches.
-        log(f"gate {gate}: {e}; running the range test again without fastai's early stop")
-        s = suggest_for_learner(learn, stop_div=False, **settings)
-        s = dataclasses.replace(
-            s, warnings=(f"the range test stopped too early ({e}); reran it with stop_div=False",) + s.warnings
-        )
+        try:
+            s = suggest_for_learner(learn, stop_div=cfg.lr_find.stop_div, **settings)
+        except ShortCurveError as e:
+            if not cfg.lr_find.stop_div:
+                raise
+            # A low loss (a well-trained head, say) passes fastai's 4x-best stop within a few noisy batches.
+            log(f"gate {gate}: {e}; running the range test again without fastai's early stop")
+            s = suggest_for_learner(learn, stop_div=False, **settings)
+            note = f"the range test stopped too early ({e}); reran it with stop_div=False"
+            s = dataclasses.replace(s, warnings=(note, *s.warnings))
+    except CurveError as e:
+        # The curve cannot be read: keep it for a person; the gate decides what that means (a pinned value
+        # goes on, anything else stops the run with this message).
+        curve = write_curve_csv(_gate_dir(run, gate) / "curve.csv", *recorded_curve(learn))
+        log(f"gate {gate}: the range test cannot be read: {e}")
+        return {
+            "gate": gate,
+            "suggestion": None,
+            "error": str(e),
+            "curve_csv": str(curve),
+            "seconds": round(time.perf_counter() - started, 2),
+        }
     seconds = time.perf_counter() - started
     out = _gate_dir(run, gate)
     curve = write_curve_csv(out / "curve.csv", *recorded_curve(learn))
@@ -230,11 +242,13 @@ def decide(record: dict[str, Any], gate: GateConfig) -> dict[str, Any]:
 
     The seam for the human-approval gate: a ``manual`` policy will answer here.
     """
-    suggestion = record["suggestion"]
+    suggestion = record["suggestion"]  # None when the curve could not be read
     if gate.lr is not None:
         value, source = gate.lr, "pinned lr"
     elif gate.slice is not None:
         value, source = list(gate.slice), "pinned slice"
+    elif suggestion is None:
+        raise CurveError(f"gate {record['gate']}: {record['error']}")
     else:
         value, source = suggestion["slice"] or suggestion["lr"], "suggestion"
     return {"gate": record["gate"], "policy": gate.policy, "source": source, "value": value, "suggested": suggestion}

@@ -82,6 +82,13 @@ def lr_suggest(cfg: RunConfig, run: RunInfo, checkpoint: str, gate: str) -> dict
     """The LR range test of one gate: plot, curve data and suggestion in the run folder, and a review artifact."""
     record = stages.range_test(cfg, run, checkpoint, gate, log=get_run_logger().info)
     title = f"Gate {'1' if gate == 'frozen' else '2'} ({gate}) of run {run.run_id}"
+    if record["suggestion"] is None:
+        create_markdown_artifact(
+            f"# {title}\n\nThe range test cannot be read: {record['error']}\n\nCurve: `{record['curve_csv']}`\n",
+            key=artifact_key(cfg, f"gate-{gate}"),
+            description=f"lrgate review: {title}",
+        )
+        return record
     create_markdown_artifact(
         gate_markdown(record, title), key=artifact_key(cfg, f"gate-{gate}"), description=f"lrgate review: {title}"
     )

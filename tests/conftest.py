@@ -75,7 +75,13 @@ def prefect_api(tmp_path_factory):
     port = _free_port()
     url = f"http://127.0.0.1:{port}/api"
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
-    env.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_SERVER_UI_ENABLED="true")
+    env.update(
+        PREFECT_HOME=str(home),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PREFECT_SERVER_UI_ENABLED="true",
+        PREFECT_UI_API_URL=url,  # the UI's own calls (default: port 4200)
+        PREFECT_UI_URL=url.removesuffix("/api"),
+    )
     log = (home / "server.log").open("w")
     prefect = str(Path(sys.executable).parent / "prefect")
     server = subprocess.Popen(

@@ -1,0 +1,99 @@
+"""The reviewer's view, in a real browser: the Prefect UI of the test server shows a paused gate's form, with
+the review page (plot embedded) above the fields, and the gate's review artifact.
+
+Uses Debian's chromium and chromium-driver (``make test`` installs them when missing), headless.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import tiny_config
+from tests.test_gates import MANUAL, finish, lrgate, start, waiting
+
+CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+pytestmark = pytest.mark.skipif(
+    not (CHROMIUM and DRIVER), reason="needs Debian's chromium and chromium-driver: `make test` installs them"
+)
+
+
+@pytest.fixture
+def browser(tmp_path):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+
+    options = Options()
+    options.binary_location = CHROMIUM
+    # Offline machine: no background connections (they would be refused, many at a time).
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1400,1800",
+        f"--user-data-dir={tmp_path / 'chromium'}",
+    ):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(DRIVER), options=options)
+    yield driver
+    driver.quit()
+
+
+def wait_for(driver, text: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in driver.page_source:
+        assert time.monotonic() < deadline, f"{text!r} did not appear on {driver.current_url}"
+        time.sleep(0.5)
+
+
+def test_the_ui_shows_the_paused_gates_form_and_review_artifact(prefect_api, tmp_path, browser):
+    from selenium.webdriver.common.by import By
+
+    ui = prefect_api.removesuffix("/api")
+    shots = Path(os.environ.get("LRGATE_SCREENSHOTS", tmp_path))
+    run_dir = tmp_path / "run"
+    proc = start(tiny_config(tmp_path, MANUAL), run_dir)
+    gate1 = waiting(run_dir, "frozen", proc)
+    assert lrgate("approve", gate1["run_id"]).returncode == 0
+    gate2 = waiting(run_dir, "unfrozen", proc)
+
+    browser.get(f"{ui}/runs/flow-run/{gate2['run_id']}")
+    wait_for(browser, "Paused")
+    resume = [b for b in browser.find_elements(By.TAG_NAME, "button") if b.text.strip() == "Resume"]
+    assert resume, "no Resume button on the paused run's page"
+    resume[0].click()
+    wait_for(browser, "Review gate unfrozen")
+    for label in ("Reviewer", "Decision", "Slice Lo", "Slice Hi", "Reason"):
+        assert label in browser.page_source
+    images = [i.get_attribute("src") or "" for i in browser.find_elements(By.TAG_NAME, "img")]
+    assert any(src.startswith("data:image/png;base64,") for src in images), "the review plot is not on the form"
+    browser.save_screenshot(str(shots / "approve-slice.png"))
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        (artifact,) = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["tiny-gate-unfrozen"]))
+        )
+    browser.get(f"{ui}/artifacts/artifact/{artifact.id}")
+    wait_for(browser, "Gate 2 (unfrozen) of run")
+    time.sleep(2)
+    browser.save_screenshot(str(shots / "gate-artifact.png"))
+    assert "suggestion: slice(" in browser.page_source  # the choices table
+    images = [i.get_attribute("src") or "" for i in browser.find_elements(By.TAG_NAME, "img")]
+    assert any(src.startswith("data:image/png;base64,") for src in images), "the plot is not in the artifact"
+
+    assert lrgate("approve", gate2["run_id"], "--slice", "1e-6,1e-4").returncode == 0
+    code, log = finish(proc)
+    assert code == 0, log[-2000:]
