@@ -69,6 +69,18 @@ def test_an_approved_override_slice_is_exactly_what_fine_tune_trains_with(prefec
     report = (run_dir / "report.md").read_text()
     assert "override by bob" in report and "approve by alice" in report
 
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        (artifact,) = client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=["tiny-decision-unfrozen"]),
+                flow_run_id=ArtifactFilterFlowRunId(any_=[gate2["run_id"]]),
+            )
+        )
+    assert "| reviewer | bob |" in artifact.data and "override" in artifact.data
+
 
 def test_bad_answers_are_refused_and_the_run_stays_paused_then_a_rejection_stops_it(prefect_api, tmp_path):
     from prefect.flow_runs import resume_flow_run

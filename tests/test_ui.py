@@ -80,11 +80,14 @@ def test_the_ui_shows_the_paused_gates_form_and_review_artifact(prefect_api, tmp
     browser.save_screenshot(str(shots / "approve-slice.png"))
 
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
 
     with get_client(sync_client=True) as client:
         (artifact,) = client.read_artifacts(
-            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["tiny-gate-unfrozen"]))
+            artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=["tiny-gate-unfrozen"]),
+                flow_run_id=ArtifactFilterFlowRunId(any_=[gate2["run_id"]]),
+            )
         )
     browser.get(f"{ui}/artifacts/artifact/{artifact.id}")
     wait_for(browser, "Gate 2 (unfrozen) of run")
