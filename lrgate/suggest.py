@@ -359,7 +359,13 @@ def _fallback_lr(reading: CurveReading) -> tuple[float, str]:
     if reading.cutoff_lr >= lrs[0]:
         lr = reading.cutoff_lr
         return lr, f"no valid minimum on either curve: used the upturn / 10^margin, {lr:.2e}"
-    raise CurveError(
+    raise _no_room(reading)
+
+
+def _no_room(reading: CurveReading) -> CurveError:
+    """The error for a curve whose cutoff lies below the first lr tested: no lr is allowed at all."""
+    lrs = reading.lrs
+    return CurveError(
         f"the loss turns up at lr = {lrs[reading.upturn]:.2e}, within {reading.margin:g} decade(s) of the "
         f"start of the test ({lrs[0]:.2e}): nothing below it to choose; start the range test lower (start_lr)"
     )
@@ -384,7 +390,46 @@ def inflection_rule(reading: CurveReading, want_slice: bool) -> tuple[float, tup
     return hi, (max(hi / SLICE_RATIO, float(lrs[0])), hi), warnings
 
 
-METHODS: dict[str, Rule] = {INFLECTION: inflection_rule}
+def _peer_rule(name: str) -> Rule:
+    """A peer's one-lr rule (see :mod:`lrgate.peers`) under lrgate's contract: capped at the cutoff, with a warning
+    when capped, and ``slice(lr / 10, lr)`` where a slice is wanted."""
+    from lrgate import peers
+
+    def rule(reading: CurveReading, want_slice: bool) -> tuple[float, tuple[float, float] | None, list[str]]:
+        lrs, losses = reading.lrs, reading.frame["loss"].to_numpy()
+        if name in peers.FASTAI:
+            window = peers.fastai_window(lrs, losses)
+            if len(window[0]) < 2:
+                raise CurveError(f"{name} needs more points than fastai's window [n//10:-5] leaves of {len(lrs)}")
+            try:
+                lr = peers.FASTAI[name](*window)
+            except ValueError as e:
+                raise CurveError(str(e)) from None
+        else:
+            if len(lrs) < 13:
+                raise CurveError(f"{name} needs at least 13 points (it skips 10 at the start and 1 at the end)")
+            lr = peers.lightning(lrs, losses)
+        warnings = []
+        if reading.cutoff_lr < lrs[0]:
+            raise _no_room(reading)
+        if not lrs[0] <= lr <= reading.cutoff_lr:
+            capped = min(max(lr, float(lrs[0])), reading.cutoff_lr)
+            warnings.append(
+                f"{name} picked {lr:.2e}, outside the tested range below the cutoff: capped at {capped:.2e}"
+            )
+            lr = capped
+        if not want_slice:
+            return lr, None, warnings
+        return lr, (max(lr / SLICE_RATIO, float(lrs[0])), lr), warnings
+
+    rule.__doc__ = f"{name}, capped at the cutoff; slice(lr/10, lr) when a slice is wanted"
+    return rule
+
+
+METHODS: dict[str, Rule] = {
+    INFLECTION: inflection_rule,
+    **{name: _peer_rule(name) for name in ("valley", "slide", "minimum", "steep", "lightning")},
+}
 
 
 def shallow_choice(reading: CurveReading, lr: float) -> str | None:

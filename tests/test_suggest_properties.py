@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lrgate.errors import CurveError
-from lrgate.suggest import STATES, suggest
+from lrgate.suggest import METHODS, STATES, suggest
 
 finite = st.floats(-1e3, 1e3, allow_nan=False)
 loss_value = st.one_of(finite, finite, finite, st.sampled_from([np.nan, np.inf, -np.inf]))
@@ -37,11 +37,18 @@ def curves(draw):
 
 
 @settings(max_examples=400, deadline=None)
-@given(curves(), st.sampled_from(STATES), st.integers(1, 8), st.floats(0, 3), st.sampled_from([None, 1, 3]))
-def test_any_curve_gives_a_clear_error_or_a_valid_suggestion(curve, state, noise, margin, n_groups):
+@given(
+    curves(),
+    st.sampled_from(STATES),
+    st.integers(1, 8),
+    st.floats(0, 3),
+    st.sampled_from([None, 1, 3]),
+    st.sampled_from(sorted(METHODS)),
+)
+def test_any_curve_gives_a_clear_error_or_a_valid_suggestion(curve, state, noise, margin, n_groups, method):
     lrs, losses = curve
     try:
-        s = suggest(lrs, losses, state, noise=noise, margin=margin, n_groups=n_groups)
+        s = suggest(lrs, losses, state, method=method, noise=noise, margin=margin, n_groups=n_groups)
     except CurveError as e:
         assert str(e)
         return
