@@ -33,7 +33,6 @@ from lrgate.errors import CurveError, LrgateError
 from lrgate.guard import guard_problem, last_value, remember
 from lrgate.outputs import write_text
 from lrgate.run_dir import RunInfo
-from lrgate.stages import decide
 
 POLL_SECONDS = 2
 PENDING_KEY = "lrgate-gate-{gate}"  # flow-run input that `lrgate pending` reads
@@ -219,9 +218,14 @@ def gate_decision(cfg: RunConfig, run: RunInfo, record: dict[str, Any], gate: Ga
     elif gate.policy == "manual" and not pinned:
         decision = wait_for_review(cfg, run, record, gate)
     else:
-        auto = decide(record, gate)
-        decision = _decision(record, gate, "approve", "auto", auto["value"])
-        decision["source"] = auto["source"]
+        if gate.lr is not None:
+            value, source = gate.lr, "pinned lr"
+        elif gate.slice is not None:
+            value, source = list(gate.slice), "pinned slice"
+        else:
+            value, source = _suggested_value(record), "suggestion"
+        decision = _decision(record, gate, "approve", "auto", value)
+        decision["source"] = source
     write_text(saved, json.dumps(decision, indent=2))
     if decision["value"] is not None:
         remember(cfg, name, decision["value"], run.run_id, decision["at"])

@@ -25,7 +25,7 @@ from fastai.callback.schedule import LRFinder
 from fastai.learner import Learner
 from fastai.torch_core import set_seed
 
-from lrgate.config import GateConfig, RunConfig
+from lrgate.config import RunConfig
 from lrgate.curve_file import write_curve_csv
 from lrgate.data import ImageSet, build_dataloaders, list_images
 from lrgate.errors import CurveError, LrgateError, ShortCurveError
@@ -235,23 +235,6 @@ def range_test(cfg: RunConfig, run: RunInfo, checkpoint: str, gate: str, log: Lo
         "curve_csv": str(curve),
         "seconds": round(seconds, 2),
     }
-
-
-def decide(record: dict[str, Any], gate: GateConfig) -> dict[str, Any]:
-    """What the next stage trains with: the suggestion, or the config's pinned value (the suggestion is kept beside).
-
-    The seam for the human-approval gate: a ``manual`` policy will answer here.
-    """
-    suggestion = record["suggestion"]  # None when the curve could not be read
-    if gate.lr is not None:
-        value, source = gate.lr, "pinned lr"
-    elif gate.slice is not None:
-        value, source = list(gate.slice), "pinned slice"
-    elif suggestion is None:
-        raise CurveError(f"gate {record['gate']}: {record['error']}")
-    else:
-        value, source = suggestion["slice"] or suggestion["lr"], "suggestion"
-    return {"gate": record["gate"], "policy": gate.policy, "source": source, "value": value, "suggested": suggestion}
 
 
 def as_lr(value: float | list[float]) -> float | slice:
