@@ -32,7 +32,7 @@ def lrgate_run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 def test_a_killed_run_resumes_without_redoing_finished_stages(tmp_path):
-    config = tiny_config(tmp_path, unfrozen_epochs=6)  # a fine-tune long enough to be killed in
+    config = tiny_config(tmp_path, unfrozen_epochs=12)  # a fine-tune long enough to be killed in
     run = tmp_path / "run"
     proc = subprocess.Popen(
         [LRGATE, "run", str(config), "--out", str(run)],
@@ -43,11 +43,8 @@ def test_a_killed_run_resumes_without_redoing_finished_stages(tmp_path):
     )
     try:
         deadline = time.monotonic() + 240
-        while (
-            not (run / "metrics-train-frozen.json").exists()
-            or not (run / "checkpoints/2-unfrozen.pth").exists()
-            or not (run / "gate-unfrozen/suggestion.json").exists()
-        ):
+        # decision.json is written once gate 2's stage has finished and its result is persisted
+        while not (run / "gate-unfrozen" / "decision.json").exists():
             assert proc.poll() is None and time.monotonic() < deadline, "the run ended before its fine-tune"
             time.sleep(0.05)
         time.sleep(1.0)  # inside the fine-tune now
