@@ -14,6 +14,7 @@ back cached); a local run pauses in place, having released its GPU memory first.
 from __future__ import annotations
 
 import gc
+import itertools
 import json
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -146,7 +147,7 @@ def wait_for_review(
     _release_accelerator()
     wait = suspend_flow_run if deployment.id else pause_flow_run
     note = f"**Escalated to review: {why}.**\n\n" if why else ""
-    for attempt in range(1, 100):
+    for attempt in itertools.count(1):  # until an answer passes the checks the schema cannot make
         logger.info(
             "gate %s waits for review: %s (answer in the UI, or `lrgate approve %s`)",
             name,
