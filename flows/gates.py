@@ -33,6 +33,7 @@ from lrgate.config import GateConfig, RunConfig
 from lrgate.errors import CurveError, LrgateError
 from lrgate.guard import guard_problem, last_value, remember
 from lrgate.outputs import write_text
+from lrgate.report import format_value
 from lrgate.run_dir import RunInfo
 
 POLL_SECONDS = 2
@@ -86,8 +87,15 @@ def problem_with(answer: RunInput, record: dict[str, Any]) -> str | None:
 
 
 def _decision(
-    record: dict[str, Any], gate: GateConfig, action: str, reviewer: str, value: Any, reason: str = ""
+    record: dict[str, Any],
+    gate: GateConfig,
+    action: str,
+    reviewer: str,
+    value: Any,
+    reason: str = "",
+    source: str | None = None,
 ) -> dict:
+    """A decision record; ``source`` says where the value came from (default: from the action)."""
     return {
         "gate": record["gate"],
         "policy": gate.policy,
@@ -95,7 +103,7 @@ def _decision(
         "reviewer": reviewer,
         "at": datetime.now(UTC).isoformat(timespec="seconds"),
         "reason": reason,
-        "source": {"approve": "suggestion", "override": "override"}.get(action, action),
+        "source": source or {"approve": "suggestion", "override": "override"}.get(action, action),
         "value": value,
         "suggested": record["suggestion"],
     }
@@ -225,8 +233,7 @@ def gate_decision(cfg: RunConfig, run: RunInfo, record: dict[str, Any], gate: Ga
             value, source = list(gate.slice), "pinned slice"
         else:
             value, source = _suggested_value(record), "suggestion"
-        decision = _decision(record, gate, "approve", "auto", value)
-        decision["source"] = source
+        decision = _decision(record, gate, "approve", "auto", value, source=source)
     write_text(saved, json.dumps(decision, indent=2))
     if decision["value"] is not None:
         remember(cfg, name, decision["value"], run.run_id, decision["at"])
@@ -238,17 +245,13 @@ def gate_decision(cfg: RunConfig, run: RunInfo, record: dict[str, Any], gate: Ga
     return decision
 
 
-def _value(v: Any) -> str:
-    return "none" if v is None else f"slice({v[0]:.2e}, {v[1]:.2e})" if isinstance(v, list) else f"{v:.2e}"
-
-
 def _suggested(s: dict[str, Any] | None) -> str:
-    return "none (the curve could not be read)" if s is None else _value(s["slice"] or s["lr"])
+    return "none (the curve could not be read)" if s is None else format_value(s["slice"] or s["lr"])
 
 
 def decision_markdown(d: dict[str, Any]) -> str:
     return (
         f"# Gate {d['gate']}: {d['action']}\n\n| | |\n|---|---|\n| reviewer | {d['reviewer']} |\n| when | {d['at']} |\n"
         f"| policy | {d['policy']} |\n| suggested | {_suggested(d['suggested'])} |\n"
-        f"| trained with | {_value(d['value'])} ({d['source']}) |\n| reason | {d['reason'] or '-'} |\n"
+        f"| trained with | {format_value(d['value'])} ({d['source']}) |\n| reason | {d['reason'] or '-'} |\n"
     )

@@ -9,7 +9,10 @@ from lrgate.config import RunConfig
 from lrgate.run_dir import RunInfo
 
 
-def _value(v: float | list[float]) -> str:
+def format_value(v: float | list[float] | None) -> str:
+    """An lr (``1.2e-03``), a slice (``slice(1.0e-05, 1.0e-03)``) or ``none``, as reports and artifacts show it."""
+    if v is None:
+        return "none"
     return f"slice({v[0]:.2e}, {v[1]:.2e})" if isinstance(v, list) else f"{v:.2e}"
 
 
@@ -58,12 +61,12 @@ def render_report(
         verdict = (
             f"Rejected by {decision['reviewer']}"
             if decision["value"] is None
-            else f"Trained with **{_value(decision['value'])}** ({decision['source']})"
+            else f"Trained with **{format_value(decision['value'])}** ({decision['source']})"
         )
         suggested = (
             f"the range test could not be read: {record['error']}"
             if s is None
-            else f"suggested {_value(s['slice'] or s['lr'])} by `{s['method']}`"
+            else f"suggested {format_value(s['slice'] or s['lr'])} by `{s['method']}`"
         )
         state = "" if s is None or s["state"] == record["gate"] else f" ({s['state']})"
         reason = f" (reason: {decision['reason']})" if decision["reason"] else ""
@@ -87,7 +90,7 @@ def render_report(
     for t in trainings:
         last = ", ".join(f"{k} {v:.4f}" for k, v in t["epochs"][-1].items() if v is not None)
         lines.append(
-            f"| {t['stage']} | {_value(t['fit_lr'])} | {len(t['epochs'])} | {t['seconds']:.0f} | "
+            f"| {t['stage']} | {format_value(t['fit_lr'])} | {len(t['epochs'])} | {t['seconds']:.0f} | "
             f"{t['images_per_s'] or 0:.0f} | {last} |"
         )
     rows = metrics_rows(trainings)

@@ -211,18 +211,13 @@ def range_test(cfg: RunConfig, run: RunInfo, checkpoint: str, gate: str, log: Lo
     except CurveError as e:
         # The curve cannot be read: keep it for a person; the gate decides what that means (a pinned value
         # goes on, anything else stops the run with this message).
-        curve = write_curve_csv(_gate_dir(run, gate) / "curve.csv", *recorded_curve(learn))
+        s, error = None, str(e)
         log(f"gate {gate}: the range test cannot be read: {e}")
-        return {
-            "gate": gate,
-            "suggestion": None,
-            "error": str(e),
-            "curve_csv": str(curve),
-            "seconds": round(time.perf_counter() - started, 2),
-        }
-    seconds = time.perf_counter() - started
+    seconds = round(time.perf_counter() - started, 2)
     out = _gate_dir(run, gate)
     curve = write_curve_csv(out / "curve.csv", *recorded_curve(learn))
+    if s is None:
+        return {"gate": gate, "suggestion": None, "error": error, "curve_csv": str(curve), "seconds": seconds}
     plot, frame = save_review(s, out / "review.png")
     suggestion = s.to_dict()
     write_text(out / "suggestion.json", json.dumps(suggestion, indent=2))
@@ -233,7 +228,7 @@ def range_test(cfg: RunConfig, run: RunInfo, checkpoint: str, gate: str, log: Lo
         "plot": str(plot),
         "frame_csv": str(frame),
         "curve_csv": str(curve),
-        "seconds": round(seconds, 2),
+        "seconds": seconds,
     }
 
 

@@ -16,6 +16,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from lrgate import stages
 from lrgate.config import RunConfig
+from lrgate.report import format_value
 from lrgate.run_dir import RunInfo
 
 RESULTS_DIR = ".prefect-results"
@@ -67,7 +68,7 @@ def gate_markdown(record: dict[str, Any], title: str) -> str:
     """A gate's review page: the suggestion, the choices table and the plot (embedded, so the UI shows it)."""
     png = base64.b64encode(Path(record["plot"]).read_bytes()).decode()
     s = record["suggestion"]
-    value = f"slice({s['slice'][0]:.2e}, {s['slice'][1]:.2e})" if s["slice"] else f"lr = {s['lr']:.2e}"
+    value = format_value(s["slice"]) if s["slice"] else f"lr = {format_value(s['lr'])}"
     warnings = "".join(f"\n- {w}" for w in s["warnings"]) or "\n- none"
     return (
         f"# {title}\n\n**Suggestion ({s['state']}, {s['method']}):** `{value}`\n\n"
