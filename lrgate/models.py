@@ -57,14 +57,22 @@ def add_normalize(dls: DataLoaders, mean: tuple[float, ...], std: tuple[float, .
     dls.add_tfms([Normalize.from_stats(mean, std)], "after_batch")
 
 
-def _lite0_learner(dls: DataLoaders, cfg: ModelConfig, path: Path) -> Learner:
-    net = load_efficientnet_lite0(cfg.weights) if cfg.pretrained else EfficientNetLite0()
+def lite0_model(n_out: int, pretrained: bool = True, weights: Path | None = None) -> nn.Sequential:
+    """EfficientNet-Lite0 body (ImageNet weights from ``weights`` or the packaged file) + a fresh fastai head.
+
+    Inputs must be normalised with :data:`INPUT_MEAN` / :data:`INPUT_STD`; split it with :func:`lite0_splitter`.
+    """
+    net = load_efficientnet_lite0(weights) if pretrained else EfficientNetLite0()
     # TF's BatchNorm momentum (0.01 in PyTorch terms) suits a long ImageNet run; a short fine-tune needs the
     # running statistics to follow the new images, or evaluation sees ImageNet's (PyTorch's default, 0.1).
     for m in net.modules():
         if isinstance(m, nn.BatchNorm2d):
             m.momentum = 0.1
-    model = nn.Sequential(Lite0Body(net), create_head(LITE0_FEATURES, dls.c))
+    return nn.Sequential(Lite0Body(net), create_head(LITE0_FEATURES, n_out))
+
+
+def _lite0_learner(dls: DataLoaders, cfg: ModelConfig, path: Path) -> Learner:
+    model = lite0_model(dls.c, cfg.pretrained, cfg.weights)
     if cfg.pretrained:
         add_normalize(dls, INPUT_MEAN, INPUT_STD)
     learn = Learner(dls, model, loss_func=CrossEntropyLossFlat(), splitter=lite0_splitter, metrics=accuracy, path=path)

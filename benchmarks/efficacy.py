@@ -1,0 +1,364 @@
+"""Efficacy benchmark, training part: real ``lr_find`` curves and an oracle lr grid for six small transfer tasks.
+
+    python benchmarks/efficacy.py record [--max-minutes 100] [--tasks NAME ...]   # resumable, in chunks
+    python benchmarks/efficacy.py score [--split held_out|tuning|all] [--plot FILE]  # seconds, no training
+
+For each task (data set x pretrained body x optimiser x batch size) and seed it records:
+
+1. the frozen range test (fastai ``lr_find``, the pipeline's defaults: 1e-7 to 10, 100 iterations, stop_div);
+2. the frozen grid: ``fit_one_cycle(epochs, lr)`` from the same start for every lr of ``FROZEN_GRID``;
+3. one frozen checkpoint per task and seed, trained at the task's best frozen grid lr (mean over seeds);
+4. from that checkpoint, ``unfreeze()`` and the unfrozen range test;
+5. the unfrozen grid: ``fit_one_cycle(epochs, slice(hi / 10, hi))`` for every ``hi`` of ``UNFROZEN_GRID``.
+
+Every result is appended to the data files in ``benchmarks/efficacy/`` as soon as it exists (atomic rewrites), and
+a rerun skips what is there: stop it at any time, or give it ``--max-minutes`` and run it again for the next chunk.
+Scoring (``lrgate.efficacy``) reads only those files. Frozen checkpoints live in ``runs/efficacy-work/`` (rebuilt
+when missing). Seeds fix the head's initialisation and the batch order; each task's data is fixed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import fastai.callback.schedule  # noqa: F401  (Learner.fit_one_cycle, Learner.lr_find)
+import numpy as np
+import torch
+import torch.nn.functional as F
+from fastai.data.core import DataLoaders
+from fastai.data.load import DataLoader
+from fastai.learner import Learner
+from fastai.losses import CrossEntropyLossFlat
+from fastai.metrics import accuracy
+from fastai.optimizer import SGD, Adam
+from fastai.torch_core import set_seed
+from PIL import Image, ImageDraw
+from sklearn.datasets import load_digits, load_sample_images
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # `python benchmarks/efficacy.py` from a checkout: tests.tiny_learners is the tiny CNN
+
+from lrgate import efficacy  # noqa: E402
+from lrgate.curve_file import write_curve_csv  # noqa: E402
+from lrgate.efficientnet_lite0 import INPUT_MEAN, INPUT_STD  # noqa: E402
+from lrgate.models import lite0_model, lite0_splitter  # noqa: E402
+from lrgate.outputs import write_text  # noqa: E402
+from lrgate.range_test import run_range_test  # noqa: E402
+from tests.tiny_learners import pretrained_body, three_groups, tiny_cnn  # noqa: E402
+
+DATA = ROOT / "benchmarks" / "efficacy"
+WORK = ROOT / "runs" / "efficacy-work"
+FROZEN_GRID = [float(10**e) for e in np.arange(-5, 1.01, 0.5)]  # 1e-5 .. 10, half-decade steps
+UNFROZEN_GRID = [float(10**e) for e in np.arange(-6, 1.01, 0.5)]  # slice(hi / 10, hi) for hi in 1e-6 .. 10
+N_VALID = 200
+GRID_FIELDS = ("task", "seed", "stage", "lr", "accuracy", "valid_loss", "train_loss", "seconds")
+RANGE_FIELDS = ("task", "seed", "stage", "points", "seconds", "checkpoint_lr")
+
+
+@dataclass(frozen=True)
+class Task:
+    data: str  # digits | shapes | photos
+    body: str  # cnn (tiny CNN pretrained on digits 0-4) | lite0 (EfficientNet-Lite0, ImageNet)
+    opt: str  # adam | sgd (SGD with momentum 0.9, fastai's default)
+    bs: int
+    epochs: int = 2  # per stage; short fits make the lr matter, as in a real fine-tune's first epochs
+    n_train: int = 400
+
+
+TASKS = {
+    # the tiny CNN trains in a fraction of a second: more images and epochs for it
+    "digits-cnn-adam-bs64": Task("digits", "cnn", "adam", 64, epochs=5, n_train=700),
+    "digits-cnn-sgd-bs8": Task("digits", "cnn", "sgd", 8, epochs=3, n_train=700),
+    "shapes-lite0-adam-bs8": Task("shapes", "lite0", "adam", 8),
+    "shapes-lite0-sgd-bs64": Task("shapes", "lite0", "sgd", 64),
+    "photos-lite0-sgd-bs8": Task("photos", "lite0", "sgd", 8),
+    "shapes-cnn-adam-bs64": Task("shapes", "cnn", "adam", 64, epochs=8, n_train=1000),
+}
+
+
+# ---------------------------------------------------------------- data: fixed per task, generated or shipped
+
+
+def _digits(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """sklearn's 8x8 digits 5-9 (the tiny CNN's body saw 0-4), grey levels in [0, 1]."""
+    x, y = load_digits(return_X_y=True)
+    keep = y >= 5
+    return (x[keep] / 16.0).reshape(-1, 1, 8, 8), y[keep] - 5
+
+
+def _shapes(rng: np.random.Generator, n: int, size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """Discs, squares and triangles of random size, place and colour on a noisy background."""
+    xs, ys = [], []
+    for i in range(n):
+        label = i % 3
+        im = Image.fromarray(rng.integers(0, 120, (size, size, 3), dtype=np.uint8))
+        r = rng.uniform(5, 12)
+        cx, cy = rng.uniform(r, size - r, 2)
+        colour = tuple(int(c) for c in rng.integers(100, 256, 3))
+        draw = ImageDraw.Draw(im)
+        if label == 0:
+            draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=colour)
+        elif label == 1:
+            draw.rectangle([cx - r, cy - r, cx + r, cy + r], fill=colour)
+        else:
+            draw.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=colour)
+        xs.append(np.asarray(im, dtype=np.float32).transpose(2, 0, 1) / 255)
+        ys.append(label)
+    return np.stack(xs), np.array(ys)
+
+
+def _photos(rng: np.random.Generator, n: int, size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """Random 32 px crops of sklearn's two sample photos at half size, four classes: top and bottom of each."""
+    xs, ys = [], []
+    images = [np.asarray(Image.fromarray(im).reduce(2), dtype=np.float32) / 255 for im in load_sample_images().images]
+    for i in range(n):
+        label = i % 4
+        im = images[label // 2]
+        h, w, _ = im.shape
+        top = rng.integers(0, h // 2 - size) + (h // 2 if label % 2 else 0)
+        left = rng.integers(0, w - size)
+        crop = im[top : top + size, left : left + size]
+        if rng.random() < 0.5:
+            crop = crop[:, ::-1]
+        xs.append(crop.transpose(2, 0, 1))
+        ys.append(label)
+    return np.stack(xs), np.array(ys)
+
+
+def task_data(task: Task) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(x_train, y_train, x_valid, y_valid) shaped for the task's body; the same on every call."""
+    rng = np.random.default_rng(1234)
+    n = task.n_train + N_VALID
+    x, y = {"digits": _digits, "shapes": _shapes, "photos": _photos}[task.data](rng, n)
+    order = rng.permutation(len(y))[:n]
+    x, y = torch.tensor(x[order], dtype=torch.float32), torch.tensor(y[order])
+    if task.body == "lite0":
+        if x.shape[1] == 1:
+            x = F.interpolate(x, size=32, mode="bilinear").expand(-1, 3, -1, -1)
+        mean, std = torch.tensor(INPUT_MEAN).view(1, 3, 1, 1), torch.tensor(INPUT_STD).view(1, 3, 1, 1)
+        x = (x - mean) / std
+    elif x.shape[1] == 3:
+        x = F.interpolate(x.mean(1, keepdim=True), size=16, mode="bilinear")  # grey 16 px for the tiny CNN
+    return x[: task.n_train], y[: task.n_train], x[task.n_train :], y[task.n_train :]
+
+
+_BODY_CACHE: dict[str, dict] = {}
+
+
+def make_learner(name: str, seed: int, work: Path = WORK) -> Learner:
+    """A frozen transfer Learner for task ``name``; ``seed`` fixes the head's initialisation and the batch order."""
+    task = TASKS[name]
+    xt, yt, xv, yv = task_data(task)
+    set_seed(seed, reproducible=True)
+    n_out = int(yt.max()) + 1
+    train = DataLoader(list(zip(xt, yt, strict=True)), bs=task.bs, shuffle=True, drop_last=True)
+    dls = DataLoaders(train, DataLoader(list(zip(xv, yv, strict=True)), bs=100))
+    if task.body == "cnn":
+        if "cnn" not in _BODY_CACHE:
+            _BODY_CACHE["cnn"] = pretrained_body()
+        set_seed(seed, reproducible=True)
+        model, splitter = tiny_cnn(n_out), three_groups
+        model[0].load_state_dict(_BODY_CACHE["cnn"])
+    else:
+        model, splitter = lite0_model(n_out), lite0_splitter
+    opt = Adam if task.opt == "adam" else SGD
+    learn = Learner(
+        dls,
+        model,
+        loss_func=CrossEntropyLossFlat(),
+        opt_func=opt,
+        splitter=splitter,
+        metrics=accuracy,
+        path=work / name / f"s{seed}",  # lr_find keeps its temporary weights here
+    )
+    learn.freeze()
+    return learn
+
+
+# ---------------------------------------------------------------- the data files: append-only tables
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    return list(csv.DictReader(path.open())) if path.exists() else []
+
+
+def write_rows(path: Path, fields: tuple[str, ...], rows: list[dict]) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fields, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(path, buf.getvalue())
+
+
+class Recorder:
+    """The benchmark's results so far, with the clock that ends a chunk."""
+
+    def __init__(self, data: Path, work: Path, max_minutes: float) -> None:
+        self.data, self.work = data, work
+        self.grid = read_rows(data / efficacy.GRID_FILE)
+        self.ranges = read_rows(data / efficacy.RANGE_FILE)
+        self.deadline = time.monotonic() + 60 * max_minutes
+        self.trained = 0
+
+    def out_of_time(self) -> bool:
+        """True once the chunk's time is up; every chunk trains at least once, so chunks always progress."""
+        return self.trained > 0 and time.monotonic() > self.deadline
+
+    def has_grid(self, name: str, seed: int, stage: str, lr: float) -> bool:
+        return any(
+            r["task"] == name and int(r["seed"]) == seed and r["stage"] == stage and np.isclose(float(r["lr"]), lr)
+            for r in self.grid
+        )
+
+    def has_range(self, name: str, seed: int, stage: str) -> bool:
+        return any(r["task"] == name and int(r["seed"]) == seed and r["stage"] == stage for r in self.ranges)
+
+    def add_grid(self, row: dict) -> None:
+        self.trained += 1
+        self.grid.append(row)
+        write_rows(self.data / efficacy.GRID_FILE, GRID_FIELDS, self.grid)
+
+    def add_range(self, row: dict) -> None:
+        self.ranges.append(row)
+        write_rows(self.data / efficacy.RANGE_FILE, RANGE_FIELDS, self.ranges)
+
+
+def fit(learn: Learner, epochs: int, lr: float | slice) -> tuple[float, float, float, float]:
+    """``fit_one_cycle(epochs, lr)``: (accuracy, valid loss, last train loss, seconds)."""
+    started = time.perf_counter()
+    with learn.no_bar(), learn.no_logging():
+        learn.fit_one_cycle(epochs, lr)
+    seconds = time.perf_counter() - started
+    train_loss, valid_loss, acc = (float(v) for v in learn.recorder.values[-1])
+    return acc, valid_loss, train_loss, seconds
+
+
+def start_unfrozen(name: str, seed: int, checkpoint_lr: float, work: Path = WORK) -> Learner:
+    """The task's Learner at its frozen checkpoint (trained once at ``checkpoint_lr``), unfrozen."""
+    learn = make_learner(name, seed, work)
+    ckpt = work / name / f"frozen-s{seed}-{checkpoint_lr:.3g}.pth"
+    if ckpt.exists():
+        learn.model.load_state_dict(torch.load(ckpt, weights_only=True))
+    else:
+        fit(learn, TASKS[name].epochs, checkpoint_lr)
+        ckpt.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(learn.model.state_dict(), ckpt.with_suffix(".part"))
+        ckpt.with_suffix(".part").replace(ckpt)
+    learn.unfreeze()
+    learn.create_opt()  # a fresh optimiser, as after the pipeline's unfreeze stage
+    return learn
+
+
+def record_task(name: str, seeds: list[int], rec: Recorder) -> bool:
+    """Record what is missing for one task; False when the chunk's time ran out."""
+    grid_of = {"frozen": FROZEN_GRID, "unfrozen": UNFROZEN_GRID}
+    checkpoint_lr = float("nan")
+
+    def start(stage: str, seed: int) -> Learner:
+        if stage == "frozen":
+            return make_learner(name, seed, rec.work)
+        return start_unfrozen(name, seed, checkpoint_lr, rec.work)
+
+    for stage in ("frozen", "unfrozen"):
+        if stage == "unfrozen":
+            if not all(rec.has_grid(name, seed, "frozen", lr) for seed in seeds for lr in FROZEN_GRID):
+                return True  # the frozen grid is unfinished: the checkpoint lr is not known yet
+            checkpoint_lr = float(efficacy.mean_accuracy(efficacy.grid_frame(rec.grid), name, "frozen").idxmax())
+        for seed in seeds:
+            if not rec.has_range(name, seed, stage):
+                learn = start(stage, seed)
+                started = time.perf_counter()
+                with learn.no_bar():
+                    lrs, losses = run_range_test(learn)
+                seconds = time.perf_counter() - started
+                write_curve_csv(rec.data / "curves" / efficacy.curve_name(name, seed, stage), lrs, losses)
+                rec.add_range(
+                    {
+                        "task": name,
+                        "seed": seed,
+                        "stage": stage,
+                        "points": len(lrs),
+                        "seconds": round(seconds, 2),
+                        "checkpoint_lr": "" if stage == "frozen" else f"{checkpoint_lr:.6g}",
+                    }
+                )
+                print(f"{name} s{seed} {stage}: range test, {len(lrs)} points, {seconds:.1f} s", flush=True)
+            for lr in grid_of[stage]:
+                if rec.has_grid(name, seed, stage, lr):
+                    continue
+                if rec.out_of_time():
+                    return False
+                learn = start(stage, seed)
+                value = lr if stage == "frozen" else slice(lr / 10, lr)
+                acc, valid_loss, train_loss, seconds = fit(learn, TASKS[name].epochs, value)
+                rec.add_grid(
+                    {
+                        "task": name,
+                        "seed": seed,
+                        "stage": stage,
+                        "lr": f"{lr:.6g}",
+                        "accuracy": f"{acc:.4f}",
+                        "valid_loss": f"{valid_loss:.4g}",
+                        "train_loss": f"{train_loss:.4g}",
+                        "seconds": f"{seconds:.2f}",
+                    }
+                )
+                print(f"{name} s{seed} {stage} lr {lr:.2g}: accuracy {acc:.3f} ({seconds:.1f} s)", flush=True)
+    return True
+
+
+def record(args: argparse.Namespace) -> int:
+    torch.set_num_threads(args.threads)
+    split = json.loads((args.data / efficacy.SPLIT_FILE).read_text())
+    rec = Recorder(args.data, args.work, args.max_minutes)
+    for name in args.tasks or split["tasks"]:
+        if name not in TASKS:
+            raise SystemExit(f"unknown task {name!r}; known: {', '.join(TASKS)}")
+        if not record_task(name, args.seeds or split["seeds"], rec):
+            print(f"chunk time ({args.max_minutes:g} min) is up: run the same command again to go on")
+            return 0
+    print("all recorded")
+    return 0
+
+
+def score(args: argparse.Namespace) -> int:
+    bench = efficacy.load_benchmark(args.data)
+    table = efficacy.score_table(bench, args.split)
+    print(efficacy.format_table(table, args.split))
+    print()
+    print(efficacy.format_costs(bench))
+    if args.plot:
+        efficacy.regret_plot(table, args.plot, title=f"lr suggestions against the oracle grid ({args.split} split)")
+        print(f"\nplot: {args.plot}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("record", help="train what is missing (resumable)")
+    r.add_argument("--max-minutes", type=float, default=100, help="stop starting new trainings after this long")
+    r.add_argument("--tasks", nargs="*", help="only these tasks (default: all in split.json)")
+    r.add_argument("--seeds", nargs="*", type=int, help="only these seeds")
+    r.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    r.add_argument("--work", type=Path, default=WORK, help="checkpoints and lr_find scratch")
+    r.set_defaults(run=record)
+    s = sub.add_parser("score", help="score every method from the saved data (no training)")
+    s.add_argument("--split", choices=("held_out", "tuning", "all"), default="held_out")
+    s.add_argument("--plot", type=Path, help="write the regret plot (PNG) here")
+    s.set_defaults(run=score)
+    for p in (r, s):
+        p.add_argument("--data", type=Path, default=DATA, help="the data files (default: %(default)s)")
+    args = parser.parse_args(argv)
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,259 @@
+"""Score lr suggestions against an oracle grid, from the efficacy benchmark's saved data (no training, seconds).
+
+The data (``benchmarks/efficacy/``, written by ``benchmarks/efficacy.py record``):
+
+- ``grid.csv``: one row per training, ``task, seed, stage, lr, accuracy, ...``; the unfrozen stage trained
+  ``slice(lr / 10, lr)``, so its ``lr`` is the slice's upper end;
+- ``range_tests.csv`` and ``curves/<task>__s<seed>__<stage>.csv``: the fastai ``lr_find`` record of each task, seed
+  and stage (the unfrozen one from the same frozen checkpoint as that seed's unfrozen grid);
+- ``split.json``: which (task, seed) curves are held out.
+
+An lr is scored by the task's accuracy at that lr (mean over seeds, interpolated linearly in log10(lr) between grid
+points, held at the end value outside the grid); a slice by its upper end. Regret = the grid's best mean accuracy
+minus that score, in accuracy points (percent).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+GRID_FILE = "grid.csv"
+RANGE_FILE = "range_tests.csv"
+SPLIT_FILE = "split.json"
+STAGES = ("frozen", "unfrozen")
+
+
+def curve_name(task: str, seed: int, stage: str) -> str:
+    return f"{task}__s{seed}__{stage}.csv"
+
+
+def grid_frame(rows: list[dict] | pd.DataFrame) -> pd.DataFrame:
+    """The grid rows with numeric columns."""
+    frame = pd.DataFrame(rows, columns=["task", "seed", "stage", "lr", "accuracy"]) if isinstance(rows, list) else rows
+    frame = frame.copy()
+    frame["seed"] = frame["seed"].astype(int)
+    frame["lr"] = frame["lr"].astype(float)
+    frame["accuracy"] = frame["accuracy"].astype(float)
+    return frame
+
+
+def mean_accuracy(grid: pd.DataFrame, task: str, stage: str) -> pd.Series:
+    """Accuracy against lr (the index, rounded to 6 significant digits), mean over the seeds that have every lr."""
+    sub = grid[(grid["task"] == task) & (grid["stage"] == stage)]
+    if sub.empty:
+        return pd.Series(dtype=float)
+    table = sub.pivot_table(index="lr", columns="seed", values="accuracy").dropna(axis=1)
+    return table.mean(axis=1).sort_index()
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """The saved benchmark: grid outcomes, range-test costs, curves by (task, seed, stage), and the split."""
+
+    grid: pd.DataFrame
+    ranges: pd.DataFrame
+    curves: dict[tuple[str, int, str], tuple[np.ndarray, np.ndarray]]
+    split: dict
+
+    def pairs(self, split: str) -> list[tuple[str, int]]:
+        """The (task, seed) curves of ``split``: ``tuning``, ``held_out`` (everything not tuning) or ``all``."""
+        every = [(t, s) for t in self.split["tasks"] for s in self.split["seeds"]]
+        tuning = [(t, s) for t in self.split["tuning"]["tasks"] for s in self.split["tuning"]["seeds"]]
+        chosen = {"all": every, "tuning": tuning, "held_out": [p for p in every if p not in tuning]}[split]
+        return [(t, s) for t, s in chosen if all((t, s, stage) in self.curves for stage in STAGES)]
+
+
+def load_benchmark(folder: str | Path) -> Benchmark:
+    """Read the benchmark's data files (see the module docstring)."""
+    from lrgate.curve_file import read_curve_csv
+
+    folder = Path(folder)
+    grid = grid_frame(pd.read_csv(folder / GRID_FILE))
+    ranges = pd.read_csv(folder / RANGE_FILE)
+    curves = {}
+    for row in ranges.itertuples():
+        lrs, losses = read_curve_csv(folder / "curves" / curve_name(row.task, row.seed, row.stage))
+        curves[(row.task, int(row.seed), row.stage)] = (np.asarray(lrs, float), np.asarray(losses, float))
+    return Benchmark(grid, ranges, curves, json.loads((folder / SPLIT_FILE).read_text()))
+
+
+def accuracy_at(curve: pd.Series, lr: float) -> float:
+    """The mean accuracy at ``lr``: linear in log10(lr) between grid points, the end value outside the grid."""
+    return float(np.interp(np.log10(lr), np.log10(curve.index.to_numpy(float)), curve.to_numpy(float)))
+
+
+# A method maps a curve and its stage to one lr: the lr (frozen) or the slice's upper end (unfrozen).
+Method = Callable[[np.ndarray, np.ndarray, str], float]
+
+
+def lrgate_method(name: str) -> Method:
+    """A method of :data:`lrgate.suggest.METHODS` as lrgate runs it (cutoff, fallbacks; slice -> its upper end)."""
+    from lrgate.suggest import suggest
+
+    def method(lrs: np.ndarray, losses: np.ndarray, stage: str) -> float:
+        return suggest(lrs, losses, stage, method=name).lr
+
+    return method
+
+
+def fastai_method(name: str, num_it: int = 100) -> Method:
+    """fastai's own rule as ``lr_find`` applies it: the record's ``[num_it // 10 : -5]``, cut at the first NaN."""
+    from lrgate import peers
+
+    def method(lrs: np.ndarray, losses: np.ndarray, stage: str) -> float:
+        lrs, losses = lrs[num_it // 10 : -5], losses[num_it // 10 : -5]
+        finite = ~np.isnan(losses)
+        end = len(losses) if finite.all() else int(np.argmin(finite))
+        return peers.FASTAI[name](lrs[:end], losses[:end])
+
+    return method
+
+
+def lightning_method(lrs: np.ndarray, losses: np.ndarray, stage: str) -> float:
+    from lrgate import peers
+
+    return peers.lightning(lrs, losses)
+
+
+def fixed(frozen_lr: float, unfrozen_hi: float) -> Method:
+    """A rule that ignores the curve."""
+    return lambda lrs, losses, stage: frozen_lr if stage == "frozen" else unfrozen_hi
+
+
+def methods() -> dict[str, Method]:
+    """Every method the benchmark scores, by the name its table shows (the fixed lr in hindsight is added later)."""
+    from lrgate.suggest import DEFAULT_METHOD, INFLECTION
+
+    return {
+        f"lrgate default ({DEFAULT_METHOD})": lrgate_method(DEFAULT_METHOD),
+        "post's method (inflection)": lrgate_method(INFLECTION),
+        "fastai valley (its default)": fastai_method("valley"),
+        "fastai minimum": fastai_method("minimum"),
+        "fastai steep": fastai_method("steep"),
+        "fastai slide": fastai_method("slide"),
+        "Lightning (steepest gradient)": lightning_method,
+        "fastai fine_tune defaults": fixed(2e-3, 1e-3),
+    }
+
+
+HINDSIGHT = "fixed lr in hindsight"
+
+
+def score_table(bench: Benchmark, split: str = "held_out", extra: dict[str, Method] | None = None) -> pd.DataFrame:
+    """One row per method, stage, task and seed: the lr it chose, the accuracy there, the regret in points.
+
+    A curve a method cannot read counts as the task's worst grid accuracy (a gate that fails the run).
+    The fixed lr in hindsight is the single grid lr per stage with the best mean accuracy over the split.
+    """
+    from lrgate.errors import LrgateError
+
+    pairs = bench.pairs(split)
+    rows = []
+    for stage in STAGES:
+        accs = {t: mean_accuracy(bench.grid, t, stage) for t in {t for t, _ in pairs}}
+        rules = {**methods(), **(extra or {})}
+        grid_lrs = sorted(set().union(*(a.index for a in accs.values())))
+        best_fixed = max(grid_lrs, key=lambda lr: np.mean([accuracy_at(accs[t], lr) for t, _ in pairs]))
+        rules[HINDSIGHT] = fixed(best_fixed, best_fixed)
+        for name, rule in rules.items():
+            for task, seed in pairs:
+                acc = accs[task]
+                lrs, losses = bench.curves[(task, seed, stage)]
+                try:
+                    lr, score = rule(lrs, losses, stage), None
+                except (LrgateError, ValueError):
+                    lr, score = float("nan"), float(acc.min())
+                score = accuracy_at(acc, lr) if score is None else score
+                rows.append(
+                    {
+                        "method": name,
+                        "stage": stage,
+                        "task": task,
+                        "seed": seed,
+                        "lr": lr,
+                        "accuracy": score,
+                        "regret": 100 * (float(acc.max()) - score),
+                        "best_lr": float(acc.idxmax()),
+                    }
+                )
+    return pd.DataFrame(rows)
+
+
+def summary(table: pd.DataFrame) -> pd.DataFrame:
+    """Mean, median and worst regret (accuracy points) per method and stage, methods in the table's order."""
+    order = list(dict.fromkeys(table["method"]))
+    out = table.groupby(["method", "stage"])["regret"].agg(["mean", "median", "max"]).unstack("stage")
+    out.columns = [f"{stage} {stat.replace('max', 'worst')}" for stat, stage in out.columns]
+    cols = [f"{stage} {stat}" for stage in STAGES for stat in ("mean", "median", "worst")]
+    return out.loc[order, cols]
+
+
+def format_table(table: pd.DataFrame, split: str) -> str:
+    """The regret table as text (markdown), with the split's size and the fixed lrs in hindsight."""
+    s = summary(table)
+    n = table[["task", "seed"]].drop_duplicates().shape[0]
+    lines = [
+        f"Accuracy regret in points against the oracle grid ({split} split: {n} curves per stage, "
+        f"{table['task'].nunique()} tasks); lower is better.",
+        "",
+        "| method | " + " | ".join(s.columns) + " |",
+        "|---|" + "---:|" * len(s.columns),
+    ]
+    lines += [f"| {name} | " + " | ".join(f"{v:.1f}" for v in row) + " |" for name, row in s.iterrows()]
+    hind = table[table["method"] == HINDSIGHT].groupby("stage")["lr"].first()
+    lines += ["", "fixed lr in hindsight: " + ", ".join(f"{st} {hind[st]:.2g}" for st in STAGES if st in hind)]
+    best = table.drop_duplicates(["task", "stage"]).pivot(index="task", columns="stage", values="best_lr")
+    lines += [
+        "oracle best lr per task: "
+        + "; ".join(f"{t} {r['frozen']:.2g} / {r['unfrozen']:.2g}" for t, r in best.iterrows())
+    ]
+    return "\n".join(lines)
+
+
+def format_costs(bench: Benchmark) -> str:
+    """What a range test costs against one stage's training and against the grid that replaces it (CPU seconds)."""
+    grid = bench.grid.assign(seconds=bench.grid["seconds"].astype(float))
+    ranges = bench.ranges.assign(seconds=bench.ranges["seconds"].astype(float))
+    lines = [
+        "| stage | range test (s) | one training (s) | ratio | grid per curve (s) | grid / range test |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for stage in STAGES:
+        rt = ranges[ranges["stage"] == stage]["seconds"].mean()
+        g = grid[grid["stage"] == stage]
+        one = g["seconds"].mean()
+        per_curve = g.groupby(["task", "seed"])["seconds"].sum().mean()
+        lines.append(f"| {stage} | {rt:.1f} | {one:.1f} | {rt / one:.2f} | {per_curve:.0f} | {per_curve / rt:.0f}x |")
+    total = grid["seconds"].sum() + ranges["seconds"].sum()
+    lines.append(f"\nThe whole benchmark: {len(grid)} trainings and {len(ranges)} range tests, {total / 60:.0f} min.")
+    return "\n".join(lines)
+
+
+def regret_plot(table: pd.DataFrame, path: str | Path, title: str = "") -> Path:
+    """Mean (bar) and worst (marker) regret per method, one panel per stage; written atomically as PNG."""
+    from matplotlib.figure import Figure
+
+    from lrgate.outputs import write_atomic
+
+    s = summary(table)
+    fig = Figure(figsize=(10, 0.45 * len(s) + 1.6), layout="constrained")
+    axes = fig.subplots(1, len(STAGES), sharey=True)
+    y = np.arange(len(s))[::-1]
+    for ax, stage in zip(axes, STAGES, strict=True):
+        ax.barh(y, s[f"{stage} mean"], color="tab:blue", label="mean")
+        ax.plot(s[f"{stage} worst"], y, "o", color="tab:red", label="worst")
+        ax.plot(s[f"{stage} median"], y, "|", color="black", markersize=12, label="median")
+        ax.set_title(f"{stage} stage")
+        ax.set_xlabel("accuracy regret (points below the grid's best)")
+        ax.grid(axis="x", alpha=0.3)
+    axes[0].set_yticks(y, s.index)
+    axes[-1].legend(loc="lower right")
+    if title:
+        fig.suptitle(title)
+    return write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=110))

@@ -1,0 +1,119 @@
+"""The efficacy benchmark: scoring from the saved data (seconds), the held-out verdict, and resumable recording."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from lrgate import efficacy
+from lrgate.suggest import DEFAULT_METHOD
+
+DATA = Path(__file__).resolve().parents[1] / "benchmarks" / "efficacy"
+DEFAULT = f"lrgate default ({DEFAULT_METHOD})"
+
+
+@pytest.fixture(scope="module")
+def bench() -> efficacy.Benchmark:
+    return efficacy.load_benchmark(DATA)
+
+
+@pytest.fixture(scope="module")
+def held_out(bench) -> pd.DataFrame:
+    return efficacy.score_table(bench, "held_out")
+
+
+def test_held_out_split_never_overlaps_the_tuning_split(bench):
+    tuning, held = set(bench.pairs("tuning")), set(bench.pairs("held_out"))
+    assert tuning and held and not tuning & held
+    assert tuning | held == set(bench.pairs("all"))
+    whole = set(bench.split["held_out"]["tasks"])
+    assert len(whole) >= 2 and not whole & {t for t, _ in tuning}
+
+
+def test_saved_data_covers_every_task_seed_and_grid_point(bench):
+    assert len(bench.pairs("all")) == len(bench.split["tasks"]) * len(bench.split["seeds"])
+    counts = bench.grid.groupby(["task", "seed", "stage"]).size()
+    assert counts.min() == counts.max() >= 13  # half-decade steps over at least six decades
+
+
+def test_tasks_best_lrs_lie_at_least_two_decades_apart(bench):
+    for stage in efficacy.STAGES:
+        best = [efficacy.mean_accuracy(bench.grid, t, stage).idxmax() for t in bench.split["tasks"]]
+        assert np.log10(max(best) / min(best)) >= 2, stage
+
+
+def test_default_beats_valley_and_the_hindsight_fixed_lr_on_held_out_mean_regret(held_out):
+    mean = efficacy.summary(held_out)
+    for stage in efficacy.STAGES:
+        ours = mean.loc[DEFAULT, f"{stage} mean"]
+        assert ours < mean.loc["fastai valley (its default)", f"{stage} mean"], stage
+        assert ours < mean.loc[efficacy.HINDSIGHT, f"{stage} mean"], stage
+
+
+def test_table_lists_every_method_for_both_stages(held_out):
+    text = efficacy.format_table(held_out, "held_out")
+    for name in [*efficacy.methods(), efficacy.HINDSIGHT]:
+        assert f"| {name} |" in text
+    assert "frozen mean" in text and "unfrozen worst" in text
+
+
+def test_accuracy_is_interpolated_in_log_lr_and_held_outside_the_grid():
+    curve = pd.Series([0.2, 0.8, 0.4], index=[1e-4, 1e-3, 1e-2])
+    assert efficacy.accuracy_at(curve, 1e-3) == pytest.approx(0.8)
+    assert efficacy.accuracy_at(curve, 10**-3.5) == pytest.approx(0.5)  # half way in log10(lr)
+    assert efficacy.accuracy_at(curve, 1e-6) == pytest.approx(0.2)
+    assert efficacy.accuracy_at(curve, 1.0) == pytest.approx(0.4)
+
+
+def test_a_method_that_cannot_read_a_curve_scores_the_worst_grid_accuracy(bench):
+    def broken(lrs, losses, stage):
+        raise ValueError("cannot read")
+
+    table = efficacy.score_table(bench, "tuning", extra={"broken": broken})
+    rows = table[table["method"] == "broken"]
+    for row in rows.itertuples():
+        acc = efficacy.mean_accuracy(bench.grid, row.task, row.stage)
+        assert row.regret == pytest.approx(100 * (acc.max() - acc.min()))
+
+
+def test_regret_plot_is_a_png(held_out, tmp_path):
+    out = efficacy.regret_plot(held_out, tmp_path / "regret.png", title="held out")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _benchmark_script():
+    path = DATA.parent / "efficacy.py"
+    spec = importlib.util.spec_from_file_location("efficacy_benchmark", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is made
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_recording_runs_in_chunks_and_resumes_without_redoing_results(tmp_path):
+    script = _benchmark_script()
+    data = tmp_path / "data"
+    data.mkdir()
+    shutil.copy(DATA / efficacy.SPLIT_FILE, data)
+    args = ["record", "--tasks", "digits-cnn-adam-bs64", "--seeds", "0", "--data", str(data)]
+    args += ["--work", str(tmp_path / "work")]
+    script.main([*args, "--max-minutes", "0.05"])
+    curve = data / "curves" / efficacy.curve_name("digits-cnn-adam-bs64", 0, "frozen")
+    first = pd.read_csv(data / efficacy.GRID_FILE)
+    stamp = curve.stat().st_mtime_ns
+    assert 0 < len(first) < len(script.FROZEN_GRID)  # the chunk ended early
+    script.main([*args, "--max-minutes", "0.05"])
+    second = pd.read_csv(data / efficacy.GRID_FILE)
+    assert len(second) > len(first)
+    assert not second.duplicated(["task", "seed", "stage", "lr"]).any()
+    assert curve.stat().st_mtime_ns == stamp  # the range test was not run again
+    assert second.iloc[: len(first)].equals(first)  # earlier results kept as they were
+    assert json.loads((data / efficacy.SPLIT_FILE).read_text())["tasks"]
