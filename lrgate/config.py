@@ -184,6 +184,15 @@ class PromotionConfig(Strict):
     tolerance: float = Field(0.01, ge=0, allow_inf_nan=False)
 
 
+class DistributedConfig(Strict):
+    """Data-parallel training: train-frozen and fine-tune each run as one ``torchrun`` launch of ``processes``
+    ranks (one per GPU); the range tests and gates stay in the flow's one process. ``train.batch_size`` is per
+    process. ``auto`` is nccl on CUDA and gloo on the CPU."""
+
+    processes: int = Field(1, ge=1)
+    backend: Literal["auto", "nccl", "gloo"] = "auto"
+
+
 class RunConfig(Strict):
     """A whole run: what to train, how, and where the outputs go."""
 
@@ -196,10 +205,17 @@ class RunConfig(Strict):
     gates: GatesConfig = GatesConfig()
     guard: GuardConfig | None = None
     promotion: PromotionConfig = PromotionConfig()
+    distributed: DistributedConfig = DistributedConfig()
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["fp32", "fp16", "bf16"] = "fp32"
     seed: int = 42
     output_dir: Path = Path("runs")
+
+    @model_validator(mode="after")
+    def _nccl_needs_cuda(self) -> RunConfig:
+        if self.distributed.backend == "nccl" and self.device == "cpu":
+            raise ValueError("distributed.backend: nccl runs on CUDA GPUs only, and device is cpu: use gloo or auto")
+        return self
 
     def digest(self) -> str:
         """A short hash of everything that shapes the run (the config hash of resume keys)."""

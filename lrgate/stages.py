@@ -23,11 +23,12 @@ import torch
 from fastai.callback.core import Callback
 from fastai.callback.schedule import LRFinder
 from fastai.learner import Learner
-from fastai.torch_core import set_seed
+from fastai.torch_core import num_distrib, set_seed
 
 from lrgate.config import RunConfig
 from lrgate.curve_file import write_curve_csv
 from lrgate.data import ImageSet, build_dataloaders, list_images
+from lrgate.distributed import launch_training
 from lrgate.errors import CurveError, LrgateError, ShortCurveError
 from lrgate.learner_state import detect_state
 from lrgate.models import build_learner
@@ -240,8 +241,29 @@ def as_lr(value: float | list[float]) -> float | slice:
 def train(
     cfg: RunConfig, run: RunInfo, checkpoint: str, value: float | list[float], stage: str, log: Log = print
 ) -> dict[str, Any]:
-    """``fit_one_cycle`` from the checkpoint with the gate's lr or slice; writes the next checkpoint and metrics."""
-    learn = make_learner(cfg, run, checkpoint, log=log)
+    """``fit_one_cycle`` from the checkpoint with the gate's lr or slice; writes the next checkpoint and metrics.
+
+    With ``distributed.processes`` above 1 the fit runs as a ``torchrun`` launch of that many ranks
+    (:mod:`lrgate.distributed`), every rank with this ``value``; the checkpoint and metrics are rank 0's.
+    """
+    out = run.path(f"checkpoints/{'1-frozen' if stage == 'train-frozen' else '3-fine-tuned'}.pth")
+    if cfg.distributed.processes > 1:
+        fitted = launch_training(cfg, run, checkpoint, value, stage, out, device=resolve_device(cfg.device), log=log)
+    else:
+        learn = make_learner(cfg, run, checkpoint, log=log)
+        fitted = fit(learn, cfg, value, stage, log)
+        save_checkpoint(learn, out)
+    metrics = {"stage": stage, "checkpoint": str(out), **fitted}
+    write_text(run.path(f"metrics-{stage}.json"), json.dumps(metrics, indent=2))
+    return metrics
+
+
+def fit(learn: Learner, cfg: RunConfig, value: float | list[float], stage: str, log: Log = print) -> dict[str, Any]:
+    """The stage's ``fit_one_cycle`` with ``value``; what it trained with and how it went (writes nothing).
+
+    Under fastai's distributed context each rank sees an equal share of every epoch (``DistributedDL`` pads the
+    shares), so images/s counts this rank's images times the world size.
+    """
     epochs = cfg.train.frozen_epochs if stage == "train-frozen" else cfg.train.unfrozen_epochs
     started = time.perf_counter()
     log(f"{stage}: fit_one_cycle({epochs}, {as_lr(value)})")
@@ -249,22 +271,15 @@ def train(
         learn.fit_one_cycle(epochs, as_lr(value))
     seconds = time.perf_counter() - started
     probe = learn.fit_probe
+    images = probe.images * max(1, num_distrib())
     names = learn.recorder.metric_names[1:-1]  # drop "epoch" and "time"
-    epochs_out = [dict(zip(names, map(_number, values), strict=True)) for values in learn.recorder.values]
-    path = save_checkpoint(
-        learn, run.path(f"checkpoints/{'1-frozen' if stage == 'train-frozen' else '3-fine-tuned'}.pth")
-    )
-    metrics = {
-        "stage": stage,
-        "checkpoint": str(path),
+    return {
         "fit_lr": value,
         "peak_lrs": probe.peak_lrs,
-        "epochs": epochs_out,
+        "epochs": [dict(zip(names, map(_number, values), strict=True)) for values in learn.recorder.values],
         "seconds": round(seconds, 2),
-        "images_per_s": round(probe.images / seconds, 1) if seconds > 0 else None,
+        "images_per_s": round(images / seconds, 1) if seconds > 0 else None,
     }
-    write_text(run.path(f"metrics-{stage}.json"), json.dumps(metrics, indent=2))
-    return metrics
 
 
 def _number(v: Any) -> float | None:

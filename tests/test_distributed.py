@@ -1,0 +1,121 @@
+"""Multi-process training in one run: two CPU ranks on gloo through the whole pipeline, the launcher's checks,
+the config field, and the pin on fastai's CUDA-only broadcast that lrgate works around."""
+
+from __future__ import annotations
+
+import inspect
+import json
+from pathlib import Path
+
+import pytest
+from fastai.distributed import DistributedDL
+from fastai.learner import load_learner
+from lrgate.flows.pipeline import pipeline
+
+from lrgate.config import ConfigError, load_config
+from lrgate.distributed import DistributedError, check_gpus, resolve_backend
+from lrgate.run_dir import open_run
+from lrgate.stages import load_images, train
+from tests.conftest import tiny_config
+
+TWO_RANKS = "distributed: {processes: 2}"
+
+
+def test_fastai_still_broadcasts_through_cuda_so_the_cpu_workaround_is_needed():
+    import lrgate.distributed_train
+
+    # Importing the rank module patches nothing: only a rank process of a non-nccl launch does.
+    assert DistributedDL._broadcast is not lrgate.distributed_train._broadcast_on_cpu
+    assert ".cuda()" in inspect.getsource(DistributedDL._broadcast), (
+        "fastai's DistributedDL._broadcast no longer moves its tensor to CUDA: delete keep_broadcast_on_cpu in "
+        "lrgate/distributed_train.py and its call in main()"
+    )
+
+
+@pytest.fixture(scope="module")
+def finished(prefect_api, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("distributed")
+    return pipeline(str(tiny_config(folder, TWO_RANKS)), str(folder / "run"))
+
+
+def ranks(summary: dict, stage: str) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(Path(summary["run_dir"]).glob(f"launch-{stage}/rank-*.json"))]
+
+
+@pytest.mark.parametrize(("stage", "gate"), [("train-frozen", "frozen"), ("fine-tune", "unfrozen")])
+def test_both_ranks_train_with_the_gates_value(finished, stage, gate):
+    decided = finished["decisions"][gate]["value"]
+    rank0, rank1 = ranks(finished, stage)
+    assert (rank0["rank"], rank1["rank"]) == (0, 1) and rank0["world_size"] == rank1["world_size"] == 2
+    assert rank0["backend"] == rank1["backend"] == "gloo"
+    assert rank0["fit_lr"] == rank1["fit_lr"] == decided
+    # What each rank's optimizer really saw, per parameter group, is the same.
+    assert rank0["peak_lrs"] == rank1["peak_lrs"]
+    # The run's metrics (what the report and the later stages read) are rank 0's, in the single-process format.
+    metrics = json.loads((Path(finished["run_dir"]) / f"metrics-{stage}.json").read_text())
+    assert metrics.items() <= finished["metrics"][stage].items()  # the task may add its own fields
+    assert metrics["fit_lr"] == decided and metrics["peak_lrs"] == rank0["peak_lrs"]
+    assert metrics["epochs"] == rank0["epochs"] and {"train_loss", "valid_loss", "accuracy"} <= set(
+        metrics["epochs"][0]
+    )
+    assert Path(metrics["checkpoint"]).stat().st_size > 1e6
+    assert not (Path(finished["run_dir"]) / f"launch-{stage}" / "checkpoint.pth").exists()  # moved into place
+
+
+@pytest.mark.filterwarnings("ignore:load_learner` uses Python's insecure pickle")
+def test_the_distributed_run_finishes_and_its_model_loads_and_predicts(finished):
+    assert finished["outcome"] == "finished"
+    assert set(finished["stage_states"].values()) == {"Completed"}
+    learn = load_learner(finished["model"])
+    image = next((Path(finished["run_dir"]).parent / "runs" / ".data" / "digits-12" / "3").glob("*.png"))
+    label, _, probs = learn.predict(image)
+    assert label in learn.dls.vocab and probs.shape == (10,)
+
+
+def test_a_failed_launch_raises_with_the_ranks_error_and_leaves_the_checkpoint_alone(tmp_path):
+    config = tiny_config(tmp_path, TWO_RANKS)
+    cfg = load_config(config)
+    run, _ = open_run(cfg, config, tmp_path / "run", load_images(cfg).fingerprint)
+    final = run.path("checkpoints/3-fine-tuned.pth")
+    final.parent.mkdir()
+    final.write_bytes(b"an earlier good checkpoint")
+    run.path("bad.pth").write_text("not a checkpoint")
+    with pytest.raises(DistributedError, match=r"(?s)fine-tune: the distributed launch of 2 processes failed.*Unpickl"):
+        train(cfg, run, str(run.path("bad.pth")), [1e-5, 1e-3], "fine-tune", log=lambda _: None)
+    assert final.read_bytes() == b"an earlier good checkpoint"
+    assert not run.path("metrics-fine-tune.json").exists()
+
+
+def test_the_backend_follows_the_device_and_nccl_needs_cuda():
+    assert resolve_backend("auto", "cpu") == "gloo" and resolve_backend("auto", "cuda") == "nccl"
+    assert resolve_backend("gloo", "cuda") == "gloo"
+    with pytest.raises(DistributedError, match="distributed.backend: nccl needs CUDA"):
+        resolve_backend("nccl", "cpu")
+    check_gpus(2, "cuda", 2)
+    check_gpus(4, "cpu", 0)  # CPU ranks need no GPU
+    with pytest.raises(DistributedError, match="distributed.processes: 3 processes need 3 GPUs, and torch sees 2"):
+        check_gpus(3, "cuda", 2)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ("distributed: {processes: 0}", "tiny.yaml: distributed.processes: Input should be greater than or equal to 1"),
+        ("distributed: {processes: 2, backend: mpi}", "tiny.yaml: distributed.backend: Input should be 'auto'"),
+        ("distributed: {procs: 2}", "tiny.yaml: distributed.procs: unknown field"),
+        ("distributed: {processes: 2, backend: nccl}", "distributed.backend: nccl runs on CUDA GPUs only"),
+    ],
+)
+def test_bad_distributed_fields_are_named(tmp_path, extra, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(tiny_config(tmp_path, extra))
+
+
+def test_one_process_is_the_default(tmp_path):
+    cfg = load_config(tiny_config(tmp_path))
+    assert (cfg.distributed.processes, cfg.distributed.backend) == (1, "auto")
+
+
+def test_the_example_config_asks_for_four_ranks():
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "distributed.example.yaml")
+    assert (cfg.distributed.processes, cfg.distributed.backend) == (4, "auto")
