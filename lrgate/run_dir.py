@@ -50,6 +50,8 @@ def open_run(cfg: RunConfig, config_path: Path, run_dir: Path, data_fingerprint:
     RunDirError
         ``run_dir`` holds a run of another config, or its data changed since.
     """
+    # Absolute from here on: fastai joins relative names onto learn.path (the run folder) when it exports.
+    run_dir = Path(run_dir).resolve()
     record = run_dir / RUN_FILE
     if record.exists():
         saved = json.loads(record.read_text())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -31,3 +33,13 @@ def test_worker_processes_load_batches(tmp_path):
     learn = make_learner(cfg, RunInfo(tmp_path / "run", "r", "c", "d"), log=lambda _: None)
     x, y = learn.dls.train.one_batch()
     assert x.shape == (16, 3, 32, 32) and y.shape == (16,)
+
+
+def test_a_relative_run_folder_is_made_absolute(tmp_path, monkeypatch):
+    # fastai's export joins a relative name onto learn.path (the run folder itself): "run/run/model.pkl".
+    from lrgate.run_dir import open_run
+
+    cfg_path = tiny_config(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    info, resumed = open_run(load_config(cfg_path), cfg_path, Path("out/run"), "fingerprint")
+    assert info.run_dir == tmp_path / "out" / "run" and info.run_dir.is_absolute() and not resumed
