@@ -16,7 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from lrgate.errors import LrgateError
-from lrgate.suggest import DEFAULT_MARGIN, DEFAULT_METHOD, DEFAULT_NOISE, METHODS
+from lrgate.suggest import DEFAULT_METHOD, DEFAULT_NOISE, METHODS
 
 EFFICIENTNET_LITE0 = "efficientnet_lite0"
 PositiveLr = Annotated[float, Field(gt=0, allow_inf_nan=False)]
@@ -114,7 +114,7 @@ class LrFindConfig(Strict):
 class SuggestConfig(Strict):
     method: str = DEFAULT_METHOD
     noise: int = Field(DEFAULT_NOISE, ge=1)
-    margin: float = Field(DEFAULT_MARGIN, ge=0, allow_inf_nan=False)
+    margin: float | None = Field(None, ge=0, allow_inf_nan=False)  # None: the method's own (suggest.default_margin)
 
     @field_validator("method")
     @classmethod

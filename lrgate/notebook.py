@@ -11,14 +11,14 @@ from fastai.learner import Learner
 
 from lrgate.learner_state import detect_state
 from lrgate.range_test import last_range_test, run_range_test
-from lrgate.suggest import DEFAULT_MARGIN, DEFAULT_METHOD, DEFAULT_NOISE, Suggestion, format_choices, suggest
+from lrgate.suggest import DEFAULT_METHOD, DEFAULT_NOISE, Suggestion, format_choices, suggest
 
 
 def suggest_for_learner(
     learn: Learner,
     *,
     noise: int = DEFAULT_NOISE,
-    margin: float = DEFAULT_MARGIN,
+    margin: float | None = None,
     method: str = DEFAULT_METHOD,
     start_lr: float = 1e-7,
     end_lr: float = 10.0,
@@ -44,7 +44,7 @@ def find_optimal_lr(
     show_df: Literal["head", "tail", "all"] | None = None,
     show_min_values: bool = False,
     *,
-    margin: float = DEFAULT_MARGIN,
+    margin: float | None = None,
     method: str = DEFAULT_METHOD,
     show_maxima: bool = False,
     save_plot: str | os.PathLike | None = None,

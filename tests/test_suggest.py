@@ -1,13 +1,22 @@
-"""The curve analysis on synthetic curves whose answer is known by construction, and on bad input."""
+"""The curve analysis on synthetic curves whose answer is known by construction, and on bad input.
+
+Most tests pin the forum post's method (``inflection``); the default, ``bowl``, has its own section at the end.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
+from lrgate import suggest as core
 from lrgate.errors import CurveError
-from lrgate.suggest import FRAME_COLUMNS, INFLECTION, curve_frame, find_upturn, suggest
+from lrgate.suggest import BOWL, BOWL_DIVISOR, FRAME_COLUMNS, INFLECTION, curve_frame, find_upturn
 from tests.conftest import bowl
+
+
+def suggest(*args, **kwargs) -> core.Suggestion:
+    """The post's method unless a test names another."""
+    return core.suggest(*args, **{"method": INFLECTION, **kwargs})
 
 X = np.linspace(-7, 1, 160)
 LRS = 10**X
@@ -228,3 +237,34 @@ def test_a_noise_sized_choice_far_left_of_the_real_descent_is_flagged():
 def test_a_clean_choice_raises_no_steepness_warning():
     s = suggest(LRS, bowl(X, (-3, 1.0)), "frozen", method=INFLECTION)
     assert not any("steepest" in w for w in s.warnings)
+
+
+# ------------------------------------------------------------------ bowl, the default
+
+
+def test_the_default_method_is_bowl():
+    assert core.DEFAULT_METHOD == BOWL
+    assert core.suggest(LRS, bowl(X, (-3, 1.0)), "frozen").method == BOWL
+
+
+def test_bowl_frozen_is_the_bottom_of_the_bowl_over_its_divisor():
+    loss = bowl(X, (-3, 1.0), up=-0.3)
+    bottom = find_upturn(loss)[0]
+    s = core.suggest(LRS, loss, "frozen")
+    assert s.lr == pytest.approx(LRS[bottom] / BOWL_DIVISOR)
+    assert s.slice is None and not s.warnings
+    assert s.lr < s.upturn_lr  # never in the divergent region
+
+
+def test_bowl_after_unfreeze_is_the_posts_slice():
+    loss = bowl(X, (-5, 0.5), (-3, 0.5))
+    for state in ("unfrozen", "freeze_to"):
+        assert core.suggest(LRS, loss, state).slice == suggest(LRS, loss, state).slice
+
+
+def test_bowl_reads_with_its_own_margin_unless_one_is_given():
+    loss = bowl(X, (-3, 1.0), up=-0.3)
+    assert core.suggest(LRS, loss, "frozen").margin == pytest.approx(np.log10(BOWL_DIVISOR))
+    assert core.suggest(LRS, loss, "unfrozen").margin == core.DEFAULT_MARGIN
+    capped = core.suggest(LRS, loss, "frozen", margin=2)
+    assert capped.lr == pytest.approx(capped.cutoff_lr) and "capped" in capped.warnings[-1]
