@@ -39,8 +39,9 @@ def test_held_out_split_never_overlaps_the_tuning_split(bench):
 
 def test_saved_data_covers_every_task_seed_and_grid_point(bench):
     assert len(bench.pairs("all")) == len(bench.split["tasks"]) * len(bench.split["seeds"])
-    counts = bench.grid.groupby(["task", "seed", "stage"]).size()
-    assert counts.min() == counts.max() >= 13  # half-decade steps over at least six decades
+    for stage in efficacy.STAGES:
+        counts = bench.grid[bench.grid["stage"] == stage].groupby(["task", "seed"]).size()
+        assert counts.min() == counts.max() >= 13, stage  # half-decade steps over at least six decades
 
 
 def test_tasks_best_lrs_lie_at_least_two_decades_apart(bench):
@@ -49,12 +50,27 @@ def test_tasks_best_lrs_lie_at_least_two_decades_apart(bench):
         assert np.log10(max(best) / min(best)) >= 2, stage
 
 
-def test_default_beats_valley_and_the_hindsight_fixed_lr_on_held_out_mean_regret(held_out):
+@pytest.mark.parametrize("stage", efficacy.STAGES)
+def test_default_beats_fastais_valley_on_held_out_mean_regret(held_out, stage):
     mean = efficacy.summary(held_out)
-    for stage in efficacy.STAGES:
-        ours = mean.loc[DEFAULT, f"{stage} mean"]
-        assert ours < mean.loc["fastai valley (its default)", f"{stage} mean"], stage
-        assert ours < mean.loc[efficacy.HINDSIGHT, f"{stage} mean"], stage
+    assert mean.loc[DEFAULT, f"{stage} mean"] < mean.loc["fastai valley (its default)", f"{stage} mean"]
+
+
+@pytest.mark.parametrize(
+    "stage",
+    [
+        "frozen",
+        pytest.param(
+            "unfrozen",
+            marks=pytest.mark.xfail(
+                strict=True, reason="held out, the default's slice ties the fixed lr in hindsight (README: Efficacy)"
+            ),
+        ),
+    ],
+)
+def test_default_beats_the_fixed_lr_in_hindsight_on_held_out_mean_regret(held_out, stage):
+    mean = efficacy.summary(held_out)
+    assert mean.loc[DEFAULT, f"{stage} mean"] < mean.loc[efficacy.HINDSIGHT, f"{stage} mean"]
 
 
 def test_table_lists_every_method_for_both_stages(held_out):
