@@ -49,6 +49,8 @@ DEFAULT_METHOD = BOWL
 BOWL_DIVISOR = 1.5
 # ... and it reads the curve with this margin (decades below the upturn), so the cap never binds before it.
 BOWL_MARGIN = math.log10(BOWL_DIVISOR)
+# A bottom in this first share of the test is suspect (a warning, for a person or the guard; the lr stays).
+BOWL_EARLY_SHARE = 0.25
 
 # A slice's lower end when the curve yields only its upper end (fastai's own slice(hi) convention).
 SLICE_RATIO = 10.0
@@ -460,6 +462,12 @@ def bowl_rule(reading: CurveReading, want_slice: bool) -> tuple[float, tuple[flo
         raise _no_room(reading)
     lr = min(max(float(lrs[reading.bottom]) / BOWL_DIVISOR, float(lrs[0])), reading.cutoff_lr)
     warnings = []
+    if reading.bottom < len(lrs) * BOWL_EARLY_SHARE:
+        warnings.append(
+            f"the loss is lowest at {lrs[reading.bottom]:.2e}, in the first {BOWL_EARLY_SHARE:.0%} of the test: "
+            "there the smoothed loss still rests on its first few batches, so this curve has no bowl to read; "
+            "check the plot"
+        )
     if lr < float(lrs[reading.bottom]) / BOWL_DIVISOR:
         warnings.append(f"the bowl's bottom / {BOWL_DIVISOR:g} lies above the cutoff: capped at {lr:.2e}")
     return lr, None, warnings

@@ -5,6 +5,8 @@ Most tests pin the forum post's method (``inflection``); the default, ``bowl``, 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -18,6 +20,8 @@ def suggest(*args, **kwargs) -> core.Suggestion:
     """The post's method unless a test names another."""
     return core.suggest(*args, **{"method": INFLECTION, **kwargs})
 
+
+EFFICACY_CURVES = Path(__file__).resolve().parents[1] / "benchmarks" / "efficacy" / "curves"
 X = np.linspace(-7, 1, 160)
 LRS = 10**X
 
@@ -268,3 +272,14 @@ def test_bowl_reads_with_its_own_margin_unless_one_is_given():
     assert core.suggest(LRS, loss, "unfrozen").margin == core.DEFAULT_MARGIN
     capped = core.suggest(LRS, loss, "frozen", margin=2)
     assert capped.lr == pytest.approx(capped.cutoff_lr) and "capped" in capped.warnings[-1]
+
+
+def test_bowl_warns_when_the_bottom_sits_at_the_start_of_the_test():
+    # A lucky first batch: the smoothed loss is lowest right after the warm-up, then only rises.
+    from lrgate.curve_file import read_curve_csv
+
+    lrs, losses = read_curve_csv(EFFICACY_CURVES / "photos-lite0-sgd-bs8__s1__frozen.csv")
+    s = core.suggest(lrs, losses, "frozen")
+    assert s.lr < 1e-6
+    assert any("no bowl to read" in w for w in s.warnings)
+    assert not any("no bowl" in w for w in core.suggest(LRS, bowl(X, (-3, 1.0)), "frozen").warnings)
