@@ -455,9 +455,22 @@ def bowl_rule(reading: CurveReading, want_slice: bool) -> tuple[float, tuple[flo
     """lrgate's default. Frozen: the bottom of the smoothed loss's bowl / ``BOWL_DIVISOR``. After ``unfreeze``
     or ``freeze_to`` the curve is often flat or rises from its start (the bowl has no bottom to read), and the
     post's slice did best there."""
-    if reading.state != "frozen":
-        return inflection_rule(reading, want_slice)
     lrs = reading.lrs
+    if reading.state != "frozen":
+        if reading.cutoff_lr >= lrs[0]:
+            return inflection_rule(reading, want_slice)
+        # The loss rises from the start (a model the frozen stage already fitted well): change it as little as
+        # the test allows and say so, rather than fail the run (the guard escalates a warning to a person).
+        lo = float(lrs[0])
+        return (
+            lo,
+            (lo, lo) if want_slice else None,
+            [
+                f"the loss turns up at {lrs[reading.upturn]:.2e}, within {reading.margin:g} decade(s) of the start "
+                f"of the test: nothing to read below it; used the smallest lr tested, {lo:.2e} (a fine-tune that "
+                "changes little); check the plot, or start the range test lower (start_lr)"
+            ],
+        )
     if reading.cutoff_lr < lrs[0]:
         raise _no_room(reading)
     lr = min(max(float(lrs[reading.bottom]) / BOWL_DIVISOR, float(lrs[0])), reading.cutoff_lr)
@@ -535,7 +548,8 @@ def suggest(
     Returns
     -------
     Suggestion
-        ``lr`` always lies inside the tested range and at least ``margin`` decades below the upturn;
+        ``lr`` always lies inside the tested range and at least ``margin`` decades below the upturn (except
+        ``bowl`` after unfreeze when the upturn leaves no room: the first lr tested, with a warning);
         a slice always has ``lo <= hi``.
 
     Raises
@@ -562,7 +576,8 @@ def suggest(
     tested = (float(reading.lrs[0]), float(reading.lrs[-1]))
     if slice_ is not None:
         assert tested[0] <= slice_[0] <= slice_[1] == lr, "a rule broke the slice contract"
-    assert tested[0] <= lr <= reading.cutoff_lr, "a rule chose an lr outside the valid range"
+    # The cutoff binds unless it lies below the test's start (only bowl then goes on, at the first lr, warning).
+    assert tested[0] <= lr <= max(reading.cutoff_lr, tested[0]), "a rule chose an lr outside the valid range"
     return Suggestion(
         state=state,
         method=method,

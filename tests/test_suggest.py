@@ -283,3 +283,11 @@ def test_bowl_warns_when_the_bottom_sits_at_the_start_of_the_test():
     assert s.lr < 1e-6
     assert any("no bowl to read" in w for w in s.warnings)
     assert not any("no bowl" in w for w in core.suggest(LRS, bowl(X, (-3, 1.0)), "frozen").warnings)
+
+
+def test_bowl_after_unfreeze_goes_on_at_the_first_lr_when_the_loss_only_rises():
+    loss = 1 + np.exp(2 * (X + 6.8))  # rises from the start: the upturn leaves no room below it
+    with pytest.raises(CurveError, match="start the range test lower"):
+        suggest(LRS, loss, "unfrozen")  # the post's rule
+    s = core.suggest(LRS, loss, "unfrozen")
+    assert s.slice == (LRS[0], LRS[0]) and "turns up" in s.warnings[-1]
