@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from lrgate.errors import LrgateError
-from lrgate.suggest import DEFAULT_MARGIN, DEFAULT_METHOD, DEFAULT_NOISE, METHODS
+from lrgate.suggest import BOWL, BOWL_MARGIN, DEFAULT_MARGIN, DEFAULT_METHOD, DEFAULT_NOISE, METHODS
 
 
 def _suggest(args: argparse.Namespace) -> int:
@@ -56,6 +56,35 @@ def _run(args: argparse.Namespace) -> int:
     for gate, d in summary["decisions"].items():
         print(f"gate {gate}: {d['value']} ({d['action']} by {d['reviewer']}, {d['source']})")
     print(f"report: {summary['report']}\nmodel: {summary['model']}")
+    return 0
+
+
+def _fleet(args: argparse.Namespace) -> int:
+    from lrgate.fleet_config import load_fleet
+
+    load_fleet(args.fleet)  # a bad fleet file, or a bad config in it, fails here in one line before Prefect starts
+    quiet_offline_prefect()
+    from prefect.settings import get_current_settings
+
+    if not get_current_settings().api.url:
+        raise NoServer(
+            "lrgate fleet starts its runs on workers: set PREFECT_API_URL to the server they poll "
+            "(README: Outgrowing one machine)"
+        )
+    import asyncio
+
+    from lrgate.flows.fleet import fleet
+
+    state = asyncio.run(fleet(str(args.fleet), return_state=True))
+    result = state.result(raise_on_failure=False)
+    if isinstance(result, BaseException):
+        raise result  # the fleet could not start (an LrgateError becomes one line)
+    for r in result["rows"]:
+        print(f"{r['run']}  {r['state']}  {r['config']}  accuracy {r['accuracy']}  {r['message']}")
+    print(f"report: {result['report']}")
+    if state.is_failed():
+        print(f"lrgate: {state.message}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -108,6 +137,10 @@ class RunNotFound(LrgateError):
     """--resume names a folder that holds no run."""
 
 
+class NoServer(LrgateError):
+    """A command that needs a Prefect server with workers (``lrgate fleet``) found no PREFECT_API_URL."""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lrgate",
@@ -151,9 +184,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--margin",
         type=float,
-        default=DEFAULT_MARGIN,
+        default=None,
         metavar="DECADES",
-        help=f"ignore points within this many decades of the upturn (default: {DEFAULT_MARGIN:g})",
+        help=f"ignore points within this many decades of the upturn (default: {DEFAULT_MARGIN:g}; "
+        f"{BOWL_MARGIN:.2f} for {BOWL} on a frozen model)",
     )
     p.add_argument("--plot", metavar="OUT.png", help="write the review plot here, and its data as OUT.csv")
     p.add_argument("--maxima", action="store_true", help="mark maxima (green) on the plot too")
@@ -171,6 +205,15 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--out", type=Path, metavar="DIR", help="run folder; one that holds this config's run resumes")
     where.add_argument("--resume", type=Path, metavar="RUN_DIR", help="resume this run from its last finished stage")
     p.set_defaults(run=_run)
+
+    p = commands.add_parser(
+        "fleet",
+        help="run every config of a fleet file through a deployment, wait for all, report them together",
+        description="Start one pipeline run per config of FLEET.yaml through its deployment (workers of the "
+        "server in PREFECT_API_URL run them), wait for all, and write the fleet report. Exits 1 when any run failed.",
+    )
+    p.add_argument("fleet", type=Path, metavar="FLEET.yaml", help="fleet file (see configs/fleet.example.yaml)")
+    p.set_defaults(run=_fleet)
 
     p = commands.add_parser("pending", help="list runs waiting at a gate (Prefect API in PREFECT_API_URL)")
     p.add_argument("--json", action="store_true", help="print one JSON list")

@@ -3,23 +3,83 @@
 Each stage's result is persisted in its run folder under a key made of the run id, the config digest, the data
 fingerprint and the stage name (:meth:`RunInfo.stage_key`): a resumed run gets its finished stages back as
 ``Cached``, and a new run (a new id) never does.
+
+The stages that run batches through the model (both range tests and both fits) each hold one slot of the global
+concurrency limit named in ``LRGATE_GPU_LIMIT`` while they run (:func:`gpu_slot`), and only then: a gate's wait
+holds nothing.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
+import os
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from prefect import Task, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
+from prefect.client.schemas.objects import ConcurrencyLeaseHolder
+from prefect.concurrency.asyncio import ConcurrencySlotAcquisitionError
+from prefect.concurrency.sync import concurrency
+from prefect.runtime import task_run
 
 from lrgate import stages
 from lrgate.config import RunConfig
+from lrgate.errors import LrgateError
 from lrgate.report import format_value
 from lrgate.run_dir import RunInfo
 
 RESULTS_DIR = ".prefect-results"
+GPU_LIMIT_ENV = "LRGATE_GPU_LIMIT"
+
+
+class GpuLimitError(LrgateError):
+    """``LRGATE_GPU_LIMIT`` names a global concurrency limit that the server cannot hand a slot of."""
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+@contextlib.contextmanager
+def gpu_slot(stage: str) -> Iterator[dict[str, Any] | None]:
+    """Hold one slot of the global concurrency limit named in ``LRGATE_GPU_LIMIT`` for the block.
+
+    Yields ``{"limit", "waited_s", "held_from"}`` (``held_to`` is added on the way out), or None when the
+    variable is unset: then no limit is taken (a standalone ``lrgate run`` needs none). The limit is taken with
+    ``strict=True``: a name the server does not know raises :class:`GpuLimitError` instead of running unlimited.
+    The wait has no timeout (a training waits for the ones before it); the slot's lease is renewed while held,
+    and if renewal fails the stage stops rather than go on unguarded (Prefect's rule for strict limits).
+
+    Raises
+    ------
+    GpuLimitError
+        The limit does not exist on the server, or the server could not be asked.
+    """
+    limit = os.environ.get(GPU_LIMIT_ENV)
+    if not limit:
+        yield None
+        return
+    holder = ConcurrencyLeaseHolder(type="task_run", id=task_run.id) if task_run.id else None
+    asked = time.perf_counter()
+    with contextlib.ExitStack() as held:
+        try:
+            held.enter_context(concurrency(limit, occupy=1, strict=True, holder=holder))
+        except ConcurrencySlotAcquisitionError as e:
+            raise GpuLimitError(
+                f"{stage}: {GPU_LIMIT_ENV}={limit!r}: the server has no such global concurrency limit, or cannot "
+                f"hand out its slots ({e}); create it (prefect gcl create {limit} --limit 1), or unset "
+                f"{GPU_LIMIT_ENV} to train without one"
+            ) from None
+        slot = {"limit": limit, "waited_s": round(time.perf_counter() - asked, 2), "held_from": _now()}
+        if slot["waited_s"] >= 1:
+            get_run_logger().info("%s: waited %.0f s for a slot of %s", stage, slot["waited_s"], limit)
+        yield slot
+        slot["held_to"] = _now()
 
 
 def cached(t: Task, run: RunInfo, stage: str) -> Task:
@@ -80,8 +140,14 @@ def gate_markdown(record: dict[str, Any], title: str) -> str:
 
 @task(name="lr-suggest")
 def lr_suggest(cfg: RunConfig, run: RunInfo, checkpoint: str, gate: str) -> dict[str, Any]:
-    """The LR range test of one gate: plot, curve data and suggestion in the run folder, and a review artifact."""
-    record = stages.range_test(cfg, run, checkpoint, gate, log=get_run_logger().info)
+    """The LR range test of one gate: plot, curve data and suggestion in the run folder, and a review artifact.
+
+    It holds a GPU slot (:func:`gpu_slot`) for the test itself, which runs as many batches as a short fit; the
+    slot is released before the gate decides, so a gate waiting for a reviewer never holds it.
+    """
+    with gpu_slot(f"lr-suggest {gate}") as slot:
+        record = stages.range_test(cfg, run, checkpoint, gate, log=get_run_logger().info)
+    record["gpu_slot"] = slot
     title = f"Gate {'1' if gate == 'frozen' else '2'} ({gate}) of run {run.run_id}"
     if record["suggestion"] is None:
         create_markdown_artifact(
@@ -122,7 +188,13 @@ def fine_tune(cfg: RunConfig, run: RunInfo, checkpoint: str, value: float | list
 
 
 def _train(cfg: RunConfig, run: RunInfo, checkpoint: str, value: float | list[float], stage: str) -> dict[str, Any]:
-    metrics = stages.train(cfg, run, checkpoint, value, stage, log=get_run_logger().info)
+    """The stage's fit inside a GPU slot; its metrics gain the wall-clock ``started`` and ``ended`` of the fit (UTC)
+    and ``gpu_slot`` (the limit, the wait and the hold: :func:`gpu_slot`; None without a limit)."""
+    with gpu_slot(stage) as slot:
+        started = _now()
+        metrics = stages.train(cfg, run, checkpoint, value, stage, log=get_run_logger().info)
+        metrics = {**metrics, "started": started, "ended": _now()}
+    metrics["gpu_slot"] = slot
     last = metrics["epochs"][-1]
     get_run_logger().info(
         "%s with %s: %s after %d epoch(s), %.0f s, %.0f images/s",
