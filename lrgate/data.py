@@ -80,7 +80,13 @@ def write_demo_digits(root: Path, per_class: int | None = None) -> Path:
             image.resize((DEMO_IMAGE_SIZE, DEMO_IMAGE_SIZE), Image.Resampling.BILINEAR).save(
                 tmp / str(label) / f"{n}.png"
             )
-        os.replace(tmp, target)
+        try:
+            os.replace(tmp, target)
+        except OSError:
+            if not target.is_dir():
+                raise
+            # Another run (a fleet's first runs start together) put the same images there first: keep theirs.
+            shutil.rmtree(tmp, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -22,6 +22,25 @@ def test_demo_digits_are_written_once_as_real_pngs(tmp_path):
     assert {p: p.stat().st_mtime_ns for p in root.glob("*/*.png")} == before
 
 
+def test_two_runs_writing_the_demo_digits_at_once_both_get_them(tmp_path, monkeypatch):
+    # The other run's rename lands between this one's check and its own rename (a fleet's first runs).
+    import os
+
+    import lrgate.data
+
+    other = write_demo_digits(tmp_path / "other", per_class=3)
+    real_replace = os.replace
+
+    def rename_after_the_other_run(src, dst):
+        real_replace(other, dst)
+        real_replace(src, dst)  # onto a non-empty folder: refused, as it would be
+
+    monkeypatch.setattr(lrgate.data.os, "replace", rename_after_the_other_run)
+    root = write_demo_digits(tmp_path, per_class=3)
+    assert len(list(root.glob("*/*.png"))) == 30
+    assert not list(tmp_path.glob(".digits-*"))  # this run's copy is cleaned up
+
+
 def test_folder_images_and_labels(tmp_path):
     images = list_images(folder(make_image_folder(tmp_path / "img")), tmp_path)
     assert images.classes == ["circle", "square"] and len(images.items) == 48
