@@ -234,7 +234,8 @@ def _resolve(cfg: RunConfig, base: Path) -> RunConfig:
     return cfg.model_copy(update={"data": data, "model": model, "output_dir": at(cfg.output_dir)})
 
 
-def _describe(e: ValidationError, path: Path) -> str:
+def describe_validation_error(e: ValidationError, path: Path) -> str:
+    """One line per problem: ``<file>: <field>: <what is wrong>``."""
     lines = []
     for err in e.errors():
         field = ".".join(str(p) for p in err["loc"]) or "(top level)"
@@ -243,6 +244,23 @@ def _describe(e: ValidationError, path: Path) -> str:
             msg = "unknown field (check the spelling)"
         lines.append(f"{path}: {field}: {msg}")
     return "\n".join(lines)
+
+
+def read_yaml_mapping(path: Path, error: type[LrgateError], what: str) -> dict:
+    """The YAML mapping in ``path`` (an empty file is an empty mapping); anything else raises ``error``."""
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise error(f"{path}: no such {what}") from None
+    except IsADirectoryError:
+        raise error(f"{path}: is a folder, not a YAML file") from None
+    except yaml.YAMLError as e:
+        raise error(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise error(f"{path}: expected a mapping of fields at the top level, got {type(raw).__name__}")
+    return raw
 
 
 def load_config(path: str | os.PathLike) -> RunConfig:
@@ -254,22 +272,11 @@ def load_config(path: str | os.PathLike) -> RunConfig:
         The file is missing or not YAML, a field is unknown or invalid, or a path it names does not exist.
     """
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such config file") from None
-    except IsADirectoryError:
-        raise ConfigError(f"{path}: is a folder, not a YAML file") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping of fields at the top level, got {type(raw).__name__}")
+    raw = read_yaml_mapping(path, ConfigError, "config file")
     try:
         cfg = _resolve(RunConfig.model_validate(raw), path.resolve().parent)
     except ValidationError as e:
-        raise ConfigError(_describe(e, path)) from None
+        raise ConfigError(describe_validation_error(e, path)) from None
     for field, value in (("data.path", cfg.data.path), ("model.weights", cfg.model.weights)):
         if value is not None and not value.exists():
             raise ConfigError(f"{path}: {field}: {value} does not exist")

@@ -24,10 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from lrgate.config import ConfigError, RunConfig, _describe, load_config
+from lrgate.config import ConfigError, RunConfig, describe_validation_error, load_config, read_yaml_mapping
 
 DEFAULT_DEPLOYMENT = "lrgate-pipeline/fleet-member"
 
@@ -95,20 +94,6 @@ class Fleet:
     output_dir: Path
 
 
-def _read_mapping(path: Path) -> dict[str, Any]:
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise FleetConfigError(f"{path}: no such fleet file") from None
-    except IsADirectoryError:
-        raise FleetConfigError(f"{path}: is a folder, not a YAML file") from None
-    except yaml.YAMLError as e:
-        raise FleetConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
-    if not isinstance(raw, dict):
-        raise FleetConfigError(f"{path}: expected a mapping of fields at the top level, got {type(raw).__name__}")
-    return raw
-
-
 def load_fleet(path: str | os.PathLike) -> Fleet:
     """Load and validate a fleet file and every run config it lists.
 
@@ -120,9 +105,9 @@ def load_fleet(path: str | os.PathLike) -> Fleet:
     """
     path = Path(path)
     try:
-        spec = FleetFile.model_validate(_read_mapping(path))
+        spec = FleetFile.model_validate(read_yaml_mapping(path, FleetConfigError, "fleet file"))
     except ValidationError as e:
-        raise FleetConfigError(_describe(e, path)) from None
+        raise FleetConfigError(describe_validation_error(e, path)) from None
     base = path.resolve().parent
     members = []
     for i, entry in enumerate(spec.configs):
