@@ -242,22 +242,27 @@ def fit(learn: Learner, epochs: int, lr: float | slice) -> tuple[float, float, f
 
 def start_unfrozen(name: str, seed: int, checkpoint_lr: float, work: Path = WORK) -> Learner:
     """The task's Learner at its frozen checkpoint (trained once at ``checkpoint_lr``), unfrozen."""
-    learn = make_learner(name, seed, work)
     ckpt = work / name / f"frozen-s{seed}-{checkpoint_lr:.3g}.pth"
-    if ckpt.exists():
-        learn.model.load_state_dict(torch.load(ckpt, weights_only=True))
-    else:
+    if not ckpt.exists():
+        learn = make_learner(name, seed, work)
         fit(learn, TASKS[name].epochs, checkpoint_lr)
         ckpt.parent.mkdir(parents=True, exist_ok=True)
         torch.save(learn.model.state_dict(), ckpt.with_suffix(".part"))
         ckpt.with_suffix(".part").replace(ckpt)
+    # Always a fresh Learner from the file: the same start (batch order, random state) in every chunk.
+    learn = make_learner(name, seed, work)
+    learn.model.load_state_dict(torch.load(ckpt, weights_only=True))
     learn.unfreeze()
     learn.create_opt()  # a fresh optimiser, as after the pipeline's unfreeze stage
     return learn
 
 
-def record_task(name: str, seeds: list[int], rec: Recorder) -> bool:
-    """Record what is missing for one task; False when the chunk's time ran out."""
+def record_task(name: str, seeds: list[int], all_seeds: list[int], rec: Recorder) -> bool:
+    """Record what is missing for one task (``seeds`` of it); False when the chunk's time ran out.
+
+    The unfrozen stage waits for the frozen grid of ``all_seeds``: its checkpoint lr is the best over all of them,
+    the same for every seed and every chunk (checked against the one recorded before).
+    """
     grid_of = {"frozen": FROZEN_GRID, "unfrozen": UNFROZEN_GRID}
     checkpoint_lr = float("nan")
 
@@ -268,11 +273,17 @@ def record_task(name: str, seeds: list[int], rec: Recorder) -> bool:
 
     for stage in ("frozen", "unfrozen"):
         if stage == "unfrozen":
-            if not all(rec.has_grid(name, seed, "frozen", lr) for seed in seeds for lr in FROZEN_GRID):
+            if not all(rec.has_grid(name, seed, "frozen", lr) for seed in all_seeds for lr in FROZEN_GRID):
                 return True  # the frozen grid is unfinished: the checkpoint lr is not known yet
-            checkpoint_lr = float(efficacy.mean_accuracy(efficacy.grid_frame(rec.grid), name, "frozen").idxmax())
+            frozen = efficacy.mean_accuracy(efficacy.grid_frame(rec.grid), name, "frozen", all_seeds)
+            checkpoint_lr = float(frozen.idxmax())
+            recorded = {float(r["checkpoint_lr"]) for r in rec.ranges if r["task"] == name and r["checkpoint_lr"]}
+            if any(not np.isclose(lr, checkpoint_lr, rtol=1e-5) for lr in recorded):
+                raise SystemExit(f"{name}: checkpoint lr {checkpoint_lr:.6g} differs from the recorded {recorded}")
         for seed in seeds:
             if not rec.has_range(name, seed, stage):
+                if rec.out_of_time():
+                    return False
                 learn = start(stage, seed)
                 started = time.perf_counter()
                 with learn.no_bar():
@@ -321,7 +332,7 @@ def record(args: argparse.Namespace) -> int:
     for name in args.tasks or split["tasks"]:
         if name not in TASKS:
             raise SystemExit(f"unknown task {name!r}; known: {', '.join(TASKS)}")
-        if not record_task(name, args.seeds or split["seeds"], rec):
+        if not record_task(name, args.seeds or split["seeds"], split["seeds"], rec):
             print(f"chunk time ({args.max_minutes:g} min) is up: run the same command again to go on")
             return 0
     print("all recorded")
@@ -351,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--work", type=Path, default=WORK, help="checkpoints and lr_find scratch")
     r.set_defaults(run=record)
     s = sub.add_parser("score", help="score every method from the saved data (no training)")
-    s.add_argument("--split", choices=("held_out", "tuning", "all"), default="held_out")
+    s.add_argument("--split", choices=("held_out", "new_tasks", "tuning", "all"), default="held_out")
     s.add_argument("--plot", type=Path, help="write the regret plot (PNG) here")
     s.set_defaults(run=score)
     for p in (r, s):

@@ -45,7 +45,7 @@ BOWL = "bowl"
 DEFAULT_METHOD = BOWL
 # bowl, frozen: the bottom of the smoothed loss's bowl / this. The smoothed loss lags the raw one (a moving
 # average, beta 0.98), so its bottom sits near the edge of what trains; the efficacy benchmark's tuning split
-# chose 1.5 among 1, 1.5, 2, 3 and 5 (mean regret 5.0, 5.0, 5.4, 6.2, 8.4 points; fastai's minimum, /10: 12.4).
+# chose 1.5 among 1, 1.5, 2, 3 and 5 (mean regret 6.9, 6.7, 7.1, 7.7, 9.3 points; fastai's minimum, /10: 13.0).
 BOWL_DIVISOR = 1.5
 # ... and it reads the curve with this margin (decades below the upturn), so the cap never binds before it.
 BOWL_MARGIN = math.log10(BOWL_DIVISOR)
@@ -121,7 +121,8 @@ class Suggestion:
 
     @property
     def cutoff_lr(self) -> float:
-        """The largest lr a rule may choose: ``margin`` decades below the upturn."""
+        """The largest lr a rule may choose: ``margin`` decades below the upturn (``bowl`` after unfreeze goes on
+        at the first lr tested, with a warning, when this lies below it)."""
         return self.upturn_lr / 10**self.margin
 
     @property

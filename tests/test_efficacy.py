@@ -56,18 +56,7 @@ def test_default_beats_fastais_valley_on_held_out_mean_regret(held_out, stage):
     assert mean.loc[DEFAULT, f"{stage} mean"] < mean.loc["fastai valley (its default)", f"{stage} mean"]
 
 
-@pytest.mark.parametrize(
-    "stage",
-    [
-        "frozen",
-        pytest.param(
-            "unfrozen",
-            marks=pytest.mark.xfail(
-                strict=True, reason="held out, the default's slice ties the fixed lr in hindsight (README: Efficacy)"
-            ),
-        ),
-    ],
-)
+@pytest.mark.parametrize("stage", efficacy.STAGES)
 def test_default_beats_the_fixed_lr_in_hindsight_on_held_out_mean_regret(held_out, stage):
     mean = efficacy.summary(held_out)
     assert mean.loc[DEFAULT, f"{stage} mean"] < mean.loc[efficacy.HINDSIGHT, f"{stage} mean"]
@@ -80,6 +69,14 @@ def test_table_lists_every_method_for_both_stages(held_out):
     assert "frozen mean" in text and "unfrozen worst" in text
 
 
+def test_each_split_is_scored_against_its_own_seeds_only(bench):
+    # seed 2 of a tuning task is held out: its score must not rest on the tuning seeds' trainings, nor theirs on it
+    task = bench.split["tuning"]["tasks"][0]
+    held = efficacy.score_table(bench, "held_out")
+    best = held[(held["task"] == task) & (held["stage"] == "frozen")]["best_lr"].iloc[0]
+    assert best == efficacy.mean_accuracy(bench.grid, task, "frozen", [2]).idxmax()
+
+
 def test_accuracy_is_interpolated_in_log_lr_and_held_outside_the_grid():
     curve = pd.Series([0.2, 0.8, 0.4], index=[1e-4, 1e-3, 1e-2])
     assert efficacy.accuracy_at(curve, 1e-3) == pytest.approx(0.8)
@@ -88,14 +85,18 @@ def test_accuracy_is_interpolated_in_log_lr_and_held_outside_the_grid():
     assert efficacy.accuracy_at(curve, 1.0) == pytest.approx(0.4)
 
 
-def test_a_method_that_cannot_read_a_curve_scores_the_worst_grid_accuracy(bench):
+@pytest.mark.parametrize("result", [ValueError("cannot read"), IndexError("short window"), float("nan"), 0.0])
+def test_a_method_that_cannot_read_a_curve_scores_the_worst_grid_accuracy(bench, result):
     def broken(lrs, losses, stage):
-        raise ValueError("cannot read")
+        if isinstance(result, Exception):
+            raise result
+        return result
 
     table = efficacy.score_table(bench, "tuning", extra={"broken": broken})
     rows = table[table["method"] == "broken"]
+    assert len(rows) == 2 * len(bench.pairs("tuning"))
     for row in rows.itertuples():
-        acc = efficacy.mean_accuracy(bench.grid, row.task, row.stage)
+        acc = efficacy.mean_accuracy(bench.grid, row.task, row.stage, bench.split["tuning"]["seeds"])
         assert row.regret == pytest.approx(100 * (acc.max() - acc.min()))
 
 
