@@ -7,7 +7,8 @@ The runs start together (one ``arun_deployment`` each, gathered: a thread pool w
 once) and are linked to the fleet's run as subflows. A run that fails, crashes or is rejected at a gate is a row
 of the report, never an exception here: the others go on. Each run writes to a folder the fleet names
 (``<output_dir>/<config name>-<fleet time>-<fleet id>-<i>``), so the fleet reads every row from its files, and a
-retried fleet resumes its runs there (finished stages come back cached).
+retried fleet waits on the runs it started before (an idempotency key per run: never two runs in one folder);
+rerun a failed run itself with ``prefect flow-run retry`` (its finished stages come back cached).
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from datetime import UTC
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ from lrgate.errors import LrgateError
 from lrgate.fleet_config import Fleet, Member, load_fleet
 from lrgate.fleet_report import fleet_outcome, member_row, render_fleet_report
 from lrgate.outputs import write_text
+from lrgate.run_dir import run_stamp
 
 POLL_SECONDS = 2  # how often the fleet reads its runs' states (Prefect's default: 5)
 
@@ -51,6 +52,8 @@ async def _run_member(spec: Fleet, member: Member, run_dir: Path, index: int) ->
         job_variables=member.job_variables or None,
         work_queue_name=member.work_queue,
         as_subflow=True,
+        # A retried fleet waits on the runs it started before (one run per folder), never starts a second one.
+        idempotency_key=f"{flow_run.id}-{index}",
     )
     get_run_logger().info("run %s (%s): %s", run.name, member.config, run.state.name if run.state else "no state")
     return run
@@ -94,7 +97,7 @@ async def fleet(fleet_file: str) -> dict[str, Any]:
                 "(prefect deploy --prefect-file deployments/prefect.yaml --all) or name another"
             ) from None
         created = (await client.read_flow_run(flow_run.id)).created
-    stamp = f"{created.astimezone(UTC):%Y%m%d-%H%M%S}-{str(flow_run.id)[:8]}"
+    stamp = run_stamp(created, flow_run.id)
     folder = spec.output_dir / f"{spec.name}-{stamp}"
     run_dirs = [m.run.output_dir / f"{m.run.name}-{stamp}-{i}" for i, m in enumerate(spec.members, 1)]
     logger.info("fleet %s: %d runs through %s; report in %s", spec.name, len(spec.members), spec.deployment, folder)

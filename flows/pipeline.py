@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import sys
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +34,7 @@ from lrgate.config import load_config
 from lrgate.outputs import write_text
 from lrgate.promotion import promote
 from lrgate.report import metrics_rows, render_report
-from lrgate.run_dir import open_run
+from lrgate.run_dir import open_run, run_stamp
 
 STAGES = ("build-learner", "gate-frozen", "train-frozen", "unfreeze", "gate-unfrozen", "fine-tune", "export")
 
@@ -134,8 +133,8 @@ def default_run_dir(cfg) -> Path:
     from prefect.client.orchestration import get_client
 
     with get_client(sync_client=True) as client:
-        created = client.read_flow_run(flow_run.id).created or datetime.now(UTC)
-    return cfg.output_dir / f"{cfg.name}-{created.astimezone(UTC):%Y%m%d-%H%M%S}-{str(flow_run.id)[:8]}"
+        created = client.read_flow_run(flow_run.id).created
+    return cfg.output_dir / f"{cfg.name}-{run_stamp(created, flow_run.id)}"
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ from lrgate.run_dir import RunInfo
 RANK_MODULE = "lrgate.distributed_train"
 STAGED_CHECKPOINT = "checkpoint.pth"
 STDERR_TAIL_LINES = 30
+STOP_GRACE_S = 30  # how long an interrupted launch gets to stop its ranks before it is killed
 Log = Callable[[str], object]
 
 
@@ -146,8 +147,12 @@ def _run(command: list[str], stderr_path: Path, log: Log) -> tuple[int, str]:
             code = proc.wait()
         finally:
             if proc.poll() is None:  # interrupted (a cancelled flow run, Ctrl-C): leave no orphaned ranks
-                proc.terminate()
-                proc.wait()
+                proc.terminate()  # torchrun passes it to its ranks ...
+                try:
+                    proc.wait(timeout=STOP_GRACE_S)
+                except subprocess.TimeoutExpired:  # ... unless a rank hangs: then no more waiting
+                    proc.kill()
+                    proc.wait()
     with stderr_path.open() as f:
         tail = "".join(collections.deque(f, maxlen=STDERR_TAIL_LINES))
     return code, tail

@@ -1,9 +1,9 @@
 """The fleet report: one row per run of a fleet, read from the run's folder, and the page that lists them.
 
-A row holds what a reviewer asks of each run: its config, its final state, the value each gate went on with and
-who decided it, the accuracy after fine-tune and the two gate plots. It is read from the files the pipeline
-writes as it goes (``gate-<name>/decision.json``, ``metrics-fine-tune.json``, ``summary.json``), so a run that
-failed or was rejected half-way still shows whatever it got to.
+A row holds what a reviewer asks of each run: its config, its final state, each gate's suggestion, the value it
+went on with and who decided it, the accuracy after fine-tune and the two gate plots. It is read from the files
+the pipeline writes as it goes (``gate-<name>/decision.json``, ``metrics-fine-tune.json``, ``summary.json``), so
+a run that failed or was rejected half-way still shows whatever it got to.
 """
 
 from __future__ import annotations
@@ -20,8 +20,10 @@ COLUMNS = {
     "config": "config",
     "run": "run",
     "state": "state",
+    "gate_1_suggested": "gate 1 suggested",
     "gate_1": "gate 1",
     "gate_1_by": "gate 1 by",
+    "gate_2_suggested": "gate 2 suggested",
     "gate_2": "gate 2",
     "gate_2_by": "gate 2 by",
     "accuracy": "accuracy",
@@ -45,6 +47,9 @@ def member_row(config: str, run: str, state: str, message: str, run_dir: Path) -
     for n, gate in GATES:
         decision = _read_json(run_dir / f"gate-{gate}" / "decision.json")
         if decision is not None:
+            suggested = decision.get("suggested") or {}
+            if suggested:
+                row[f"gate_{n}_suggested"] = format_value(suggested["slice"] or suggested["lr"])
             row[f"gate_{n}"] = f"{format_value(decision['value'])} ({decision['source']})"
             row[f"gate_{n}_by"] = f"{decision['action']} by {decision['reviewer']}"
         plot = run_dir / f"gate-{gate}" / "review.png"

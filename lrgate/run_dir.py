@@ -42,6 +42,11 @@ class RunInfo:
         return self.run_dir / name
 
 
+def run_stamp(created: datetime | None, flow_run_id: object) -> str:
+    """``<UTC time>-<first 8 of the flow run id>``: names a flow run's folder, the same on every re-run of it."""
+    return f"{(created or datetime.now(UTC)).astimezone(UTC):%Y%m%d-%H%M%S}-{str(flow_run_id)[:8]}"
+
+
 def open_run(cfg: RunConfig, config_path: Path, run_dir: Path, data_fingerprint: str) -> tuple[RunInfo, bool]:
     """Start a run in ``run_dir``, or reopen the run it holds; returns ``(info, resumed)``.
 

@@ -22,9 +22,11 @@ from typing import Any
 
 from prefect import Task, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
+from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import ConcurrencyLeaseHolder
 from prefect.concurrency.asyncio import ConcurrencySlotAcquisitionError
 from prefect.concurrency.sync import concurrency
+from prefect.exceptions import ObjectNotFound
 from prefect.runtime import task_run
 
 from lrgate import stages
@@ -64,15 +66,21 @@ def gpu_slot(stage: str) -> Iterator[dict[str, Any] | None]:
     if not limit:
         yield None
         return
+    # "gpu-h-0,gpu-h-1": a slot of each (a distributed run's worker, whose launch uses both GPUs)
+    names = [name.strip() for name in limit.split(",") if name.strip()]
     holder = ConcurrencyLeaseHolder(type="task_run", id=task_run.id) if task_run.id else None
     asked = time.perf_counter()
     with contextlib.ExitStack() as held:
         try:
-            held.enter_context(concurrency(limit, occupy=1, strict=True, holder=holder))
-        except ConcurrencySlotAcquisitionError as e:
+            # strict=True refuses a list only when none of it exists: check each name first
+            with get_client(sync_client=True) as client:
+                for name in names:
+                    client.read_global_concurrency_limit_by_name(name)
+            held.enter_context(concurrency(names, occupy=1, strict=True, holder=holder))
+        except (ConcurrencySlotAcquisitionError, ObjectNotFound) as e:
             raise GpuLimitError(
                 f"{stage}: {GPU_LIMIT_ENV}={limit!r}: the server has no such global concurrency limit, or cannot "
-                f"hand out its slots ({e}); create it (prefect gcl create {limit} --limit 1), or unset "
+                f"hand out its slots ({e}); create it (prefect gcl create NAME --limit 1 for each name), or unset "
                 f"{GPU_LIMIT_ENV} to train without one"
             ) from None
         slot = {"limit": limit, "waited_s": round(time.perf_counter() - asked, 2), "held_from": _now()}

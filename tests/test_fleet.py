@@ -169,6 +169,7 @@ def test_the_fleet_runs_every_config_and_reports_each_row(fleet_run):
         assert row["state"] == "Completed" and row["message"] == "finished", row
         assert row["gate_1_by"] == row["gate_2_by"] == "approve by auto"
         assert row["gate_1"].endswith("(suggestion)") and row["gate_2"].startswith("slice(")
+        assert row["gate_1"].startswith(row["gate_1_suggested"]) and row["gate_2"].startswith(row["gate_2_suggested"])
         assert 0 <= row["accuracy"] <= 1
         assert Path(row["gate_1_plot"]).is_file() and Path(row["gate_2_plot"]).is_file()
         summary = json.loads((Path(row["run_dir"]) / "summary.json").read_text())
@@ -225,12 +226,19 @@ def test_with_a_limit_of_one_no_two_range_tests_or_fits_overlap(fleet_run):
         assert held[0] <= datetime.fromisoformat(fit["started"]) <= datetime.fromisoformat(fit["ended"]) <= held[1]
 
 
-def test_a_gpu_limit_the_server_does_not_know_fails_the_first_gpu_stage(prefect_api, tmp_path, monkeypatch):
+@pytest.mark.parametrize("limits", ["no-such-gpu-limit", "gpu-known,no-such-gpu-limit"])
+def test_a_gpu_limit_the_server_does_not_know_fails_the_first_gpu_stage(prefect_api, tmp_path, monkeypatch, limits):
+    # A list takes a slot of every limit in it (a distributed run's GPUs): one unknown name is enough to fail.
     from lrgate.flows.pipeline import pipeline
     from lrgate.tasks.stages import GpuLimitError
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.exceptions import ObjectAlreadyExists
 
-    monkeypatch.setenv("LRGATE_GPU_LIMIT", "no-such-gpu-limit")
-    with pytest.raises(GpuLimitError, match="LRGATE_GPU_LIMIT='no-such-gpu-limit': the server has no such global"):
+    with get_client(sync_client=True) as client, contextlib.suppress(ObjectAlreadyExists):
+        client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name="gpu-known", limit=1))
+    monkeypatch.setenv("LRGATE_GPU_LIMIT", limits)
+    with pytest.raises(GpuLimitError, match=f"LRGATE_GPU_LIMIT='{limits}': the server has no such global"):
         pipeline(str(tiny_config(tmp_path)), str(tmp_path / "run"))
     assert (tmp_path / "run" / "checkpoints" / "0-initial.pth").exists()  # built, then stopped: nothing ran
     assert not (tmp_path / "run" / "gate-frozen").exists()
@@ -285,7 +293,8 @@ def test_the_cli_needs_a_server_for_a_fleet(tmp_path):
 
 def test_rows_of_a_rejected_run_and_a_run_that_never_started(tmp_path):
     run_dir = tmp_path / "run"
-    decision = {"value": 0.01, "source": "override", "action": "override", "reviewer": "dora"}
+    suggested = {"lr": 0.002, "slice": None}
+    decision = {"value": 0.01, "source": "override", "action": "override", "reviewer": "dora", "suggested": suggested}
     (run_dir / "gate-frozen").mkdir(parents=True)
     (run_dir / "gate-frozen" / "decision.json").write_text(json.dumps(decision))
     (run_dir / "gate-unfrozen").mkdir()
@@ -294,6 +303,7 @@ def test_rows_of_a_rejected_run_and_a_run_that_never_started(tmp_path):
     (run_dir / "gate-unfrozen" / "review.png").write_bytes(b"png")
     rejected = member_row("a.yaml", "fleet-1-a", "Cancelled", "rejected at gate unfrozen by ann: flat", run_dir)
     assert rejected["gate_1"] == "1.00e-02 (override)" and rejected["gate_1_by"] == "override by dora"
+    assert rejected["gate_1_suggested"] == "2.00e-03" and rejected["gate_2_suggested"] == "-"
     assert rejected["gate_2"] == "none (reject)" and rejected["gate_2_by"] == "reject by ann"
     assert rejected["gate_1_plot"] == "-" and rejected["gate_2_plot"].endswith("review.png")
     never = member_row("b.yaml", "-", "Error", "could not start the run", tmp_path / "nothing")
