@@ -42,7 +42,8 @@ def free_port() -> int:
 
 
 def start(args: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen:
-    """A child in its own process group (so stopping it stops what it started), output to ``log``."""
+    """A child in its own process group, output to ``log``: stopping it stops it and what it runs in that group (a
+    flow run started by a worker gets a session of its own: the benchmark cancels unfinished runs first)."""
     return subprocess.Popen(
         args, cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True
     )
@@ -114,7 +115,11 @@ class Probe(threading.Thread):
         with httpx.Client(timeout=30) as client:
             while not self.done.wait(1.0):
                 t = time.perf_counter()
-                client.post(f"{self.url}/flow_runs/filter", json=self.body).raise_for_status()
+                try:
+                    client.post(f"{self.url}/flow_runs/filter", json=self.body).raise_for_status()
+                except httpx.HTTPError:
+                    self.latencies.append(float("inf"))  # a failed or timed-out call is a breach, not a gap
+                    continue
                 self.latencies.append(time.perf_counter() - t)
 
 
@@ -197,6 +202,7 @@ def run_load(args: argparse.Namespace, out: Path, url: str, env: dict[str, str],
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import WorkPoolCreate
     from prefect.deployments import run_deployment
+    from prefect.states import Cancelled, Cancelling
 
     config = load_config_copy(args.config, out)
     with get_client(sync_client=True) as client:
@@ -229,6 +235,12 @@ def run_load(args: argparse.Namespace, out: Path, url: str, env: dict[str, str],
             if done == len(run_ids) or time.monotonic() > deadline:
                 break
             time.sleep(2)
+        # Out of time: cancel what is left, so no run trains on (or waits in the queue) after the workers stop.
+        for run_id, state in zip(run_ids, states, strict=True):
+            if state is None or not state.is_final():
+                # a running one is stopped by its worker (Cancelling); a queued one never starts (Cancelled)
+                end = Cancelling if state is not None and state.is_running() else Cancelled
+                client.set_flow_run_state(run_id, end(message="load benchmark: out of time"), force=True)
     elapsed = time.monotonic() - t0
     probe.done.set()
     probe.join()
