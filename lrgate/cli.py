@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from lrgate.errors import LrgateError
-from lrgate.suggest import BOWL, BOWL_MARGIN, DEFAULT_MARGIN, DEFAULT_METHOD, DEFAULT_NOISE, METHODS
+from lrgate.suggest import BOWL, BOWL_MARGIN, DEFAULT_MARGIN, DEFAULT_METHOD, DEFAULT_NOISE, INFLECTION, METHODS
 
 
 def _suggest(args: argparse.Namespace) -> int:
@@ -173,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--method",
         default=DEFAULT_METHOD,
         choices=sorted(METHODS),
-        help=f"suggestion rule (default: {DEFAULT_METHOD}, the forum post's method)",
+        help=f"suggestion rule (default: {DEFAULT_METHOD}; {INFLECTION} is the forum post's method as stated)",
     )
     p.add_argument(
         "--noise",
