@@ -7,6 +7,7 @@ that gate for that config. The history is a small JSON file per config in its ou
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
 from pathlib import Path
@@ -30,11 +31,15 @@ def last_value(cfg: RunConfig, gate: str) -> float | list[float] | None:
 
 
 def remember(cfg: RunConfig, gate: str, value: float | list[float], run_id: str, at: str) -> None:
-    """Append a value that went on at ``gate`` to the config's history (atomically)."""
+    """Append a value that went on at ``gate`` to the config's history (atomically, and under a file lock: runs of
+    one config that finish together, in a fleet, each keep their entry)."""
     path = history_path(cfg)
-    history = json.loads(path.read_text()) if path.exists() else {}
-    history.setdefault(gate, []).append({"value": value, "run_id": run_id, "at": at})
-    write_text(path, json.dumps(history, indent=2))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.with_name(path.name + ".lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        history = json.loads(path.read_text()) if path.exists() else {}
+        history.setdefault(gate, []).append({"value": value, "run_id": run_id, "at": at})
+        write_text(path, json.dumps(history, indent=2))
 
 
 def _top(value: float | list[float]) -> float:

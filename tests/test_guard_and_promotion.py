@@ -41,6 +41,32 @@ def test_history_remembers_the_last_value_per_gate(tmp_path):
     assert last_value(cfg, "frozen") == 2e-3 and last_value(cfg, "unfrozen") == [1e-5, 1e-4]
 
 
+def _remember_many(config: str, tag: str, n: int, start) -> None:
+    cfg = load_config(config)
+    start.wait()  # all at once, as runs of a fleet that finish together
+    for i in range(n):
+        remember(cfg, "frozen", 1e-3, f"{tag}-{i}", "t")
+
+
+def test_runs_of_one_config_finishing_together_keep_every_history_entry(tmp_path):
+    import json
+    import multiprocessing
+
+    from lrgate.guard import history_path
+
+    config = tiny_config(tmp_path)
+    ctx = multiprocessing.get_context("spawn")
+    start = ctx.Barrier(3)
+    procs = [ctx.Process(target=_remember_many, args=(str(config), tag, 100, start)) for tag in ("a", "b", "c")]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(60)
+    assert [proc.exitcode for proc in procs] == [0, 0, 0]
+    entries = json.loads(history_path(load_config(config)).read_text())["frozen"]
+    assert len(entries) == 300 and len({e["run_id"] for e in entries}) == 300
+
+
 def test_promotion_rule():
     assert should_promote(0.90, None, "accuracy", 0.01)
     assert should_promote(0.895, 0.90, "accuracy", 0.01) and not should_promote(0.88, 0.90, "accuracy", 0.01)
