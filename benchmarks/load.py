@@ -16,8 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -27,6 +25,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from lrgate.process_groups import free_port, start_group, start_workers, stop_groups
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 POOL = "lrgate-load"
@@ -35,40 +35,12 @@ OUTPUTS = ("summary.json", "report.md", "model.pkl")
 LATENCY_LIMIT_S = 1.0
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start(args: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen:
-    """A child in its own process group, output to ``log``: stopping it stops it and what it runs in that group (a
-    flow run started by a worker gets a session of its own: the benchmark cancels unfinished runs first)."""
-    return subprocess.Popen(
-        args, cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True
-    )
-
-
-def stop(procs: list[subprocess.Popen]) -> None:
-    """SIGTERM to each process group (the last started first: workers before their server), then wait."""
-    procs = procs[::-1]
-    for p in procs:
-        if p.poll() is None:
-            os.killpg(p.pid, signal.SIGTERM)
-    for p in procs:
-        try:
-            p.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(p.pid, signal.SIGKILL)
-            p.wait()
-
-
 def start_server(out: Path, env: dict[str, str]) -> tuple[subprocess.Popen, str]:
     """``prefect server start`` on a free port with its own PREFECT_HOME; returns it and its API URL once healthy."""
     port = free_port()
     url = f"http://127.0.0.1:{port}/api"
     env = {**env, "PREFECT_HOME": str(out / "prefect-home"), "PREFECT_UI_API_URL": url}
-    server = start(
+    server = start_group(
         [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)], out / "server.log", env
     )
     deadline = time.monotonic() + 120
@@ -78,7 +50,7 @@ def start_server(out: Path, env: dict[str, str]) -> tuple[subprocess.Popen, str]
                 return server, url
         except OSError:
             if server.poll() is not None or time.monotonic() > deadline:
-                stop([server])
+                stop_groups([server])
                 raise SystemExit(f"prefect server did not start: see {out / 'server.log'}") from None
             time.sleep(0.5)
 
@@ -194,7 +166,7 @@ def main() -> int:
         env["PREFECT_API_URL"] = os.environ["PREFECT_API_URL"] = url  # before Prefect is imported here
         return run_load(args, out, url, env, started)
     finally:
-        stop(started)
+        stop_groups(started)
 
 
 def run_load(args: argparse.Namespace, out: Path, url: str, env: dict[str, str], started: list) -> int:
@@ -213,9 +185,7 @@ def run_load(args: argparse.Namespace, out: Path, url: str, env: dict[str, str],
     # A worker's runs share the machine: each gets its part of the cores (torch would take them all).
     threads = str(max(1, (os.cpu_count() or 1) // args.workers))
     worker_env = {**env, "PREFECT_WORKER_QUERY_SECONDS": "1", "OMP_NUM_THREADS": env.get("OMP_NUM_THREADS", threads)}
-    for i in range(args.workers):
-        cmd = [str(BIN / "prefect"), "worker", "start", "--pool", POOL, "--limit", "1", "--name", f"load-{i}"]
-        started.append(start(cmd, out / f"worker-{i}.log", worker_env))
+    started += start_workers(POOL, args.workers, worker_env, out, cwd=ROOT)
     probe = Probe(url, str(deployment_id))
     probe.start()
     t0 = time.monotonic()

@@ -6,6 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from lrgate.process_groups import free_port
+
 # Offline: Prefect's server would try to send telemetry and log an error each time.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
@@ -48,14 +50,6 @@ def make_image_folder(root, classes=("circle", "square"), per_class: int = 24, s
     return root
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def prefect_api(tmp_path_factory):
     """A real ``prefect server`` on 127.0.0.1 and a free port, started once per test session and stopped after.
@@ -72,7 +66,7 @@ def prefect_api(tmp_path_factory):
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     home = tmp_path_factory.mktemp("prefect-server")
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}/api"
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
     env.update(

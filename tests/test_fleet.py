@@ -10,7 +10,6 @@ import contextlib
 import io
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ import pytest
 from lrgate.cli import main
 from lrgate.fleet_config import FleetConfigError, load_fleet
 from lrgate.fleet_report import fleet_outcome, member_row
+from lrgate.process_groups import start_workers, stop_groups
 from tests.conftest import make_image_folder, tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,34 +29,6 @@ BIN = Path(sys.executable).parent
 POOL = "fleet-test"
 LIMIT = "fleet-test-gpu"
 NAMES = ("tiny-a", "tiny-b", "tiny-c")
-
-
-def start_workers(pool: str, n: int, env: dict[str, str], log_dir: Path) -> list[subprocess.Popen]:
-    """``n`` process workers on ``pool`` (one flow run at a time each, polling every second), in their own
-    process groups so that stopping one stops the flow runs it started."""
-    env = {**os.environ, "PREFECT_WORKER_QUERY_SECONDS": "1", "OMP_NUM_THREADS": "1", **env}
-    return [
-        subprocess.Popen(
-            [str(BIN / "prefect"), "worker", "start", "--pool", pool, "--limit", "1", "--name", f"{pool}-{i}"],
-            cwd=ROOT,
-            env=env,
-            stdout=(log_dir / f"worker-{i}.log").open("w"),
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        for i in range(n)
-    ]
-
-
-def stop_workers(workers: list[subprocess.Popen]) -> None:
-    for w in workers:
-        os.killpg(w.pid, signal.SIGTERM)
-    for w in workers:
-        try:
-            w.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(w.pid, signal.SIGKILL)
-            w.wait()
 
 
 def run_cli(*args: str) -> tuple[int, str, str]:
@@ -88,11 +60,13 @@ def deployed(prefect_api, tmp_path_factory):
     pipeline.from_source(str(ROOT), "flows/pipeline.py:pipeline").deploy(
         name="fleet-member", work_pool_name=POOL, print_next_steps=False, ignore_warnings=True
     )
-    workers = start_workers(POOL, 2, {"LRGATE_GPU_LIMIT": LIMIT}, tmp_path_factory.mktemp("workers"))
+    # one flow run at a time each, polling every second; stopping them stops the runs they started
+    env = {**os.environ, "PREFECT_WORKER_QUERY_SECONDS": "1", "OMP_NUM_THREADS": "1", "LRGATE_GPU_LIMIT": LIMIT}
+    workers = start_workers(POOL, 2, env, tmp_path_factory.mktemp("workers"), cwd=ROOT)
     try:
         yield prefect_api
     finally:
-        stop_workers(workers)
+        stop_groups(workers, timeout=20)
 
 
 @pytest.fixture(scope="module")
