@@ -7,11 +7,13 @@ events, read back from the Prefect API, show that no two of those stages overlap
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import io
 import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from datetime import datetime
 from pathlib import Path
@@ -87,7 +89,14 @@ def fleet_run(deployed, tmp_path_factory):
     (broken / "tiny.yaml").write_text(text.replace("{source: demo, per_class: 12}", "{source: folder, path: img}"))
     entries[-1] = f"{{config: {entries[-1]}, work_queue: second, job_variables: {{env: {{LRGATE_MARK: c}}}}}}"
     entries.append("broken/tiny.yaml")
+    # The test holds the GPU slot itself until two of the runs are Running (blocked at their first range test), so
+    # the runs overlap however slowly the workers start them: three runs queued on a busy GPU, by construction.
+    # (a copy of this context: the Prefect settings that point at the test server live in context variables)
+    held: dict[str, object] = {}
+    holder = threading.Thread(target=contextvars.copy_context().run, args=(hold_the_slot_until_two_runs_wait, held))
+    holder.start()
     code, out, err = run_cli("fleet", str(write_fleet(folder, entries)))
+    holder.join(timeout=5)
     report = Path(out.split("report: ")[-1].strip())
     return {
         "code": code,
@@ -95,6 +104,7 @@ def fleet_run(deployed, tmp_path_factory):
         "err": err,
         "report": report,
         "rows": json.loads((report.parent / "fleet.json").read_text()),
+        "held": held,
     }
 
 
@@ -104,6 +114,26 @@ def read_flow_runs(names):
 
     with get_client(sync_client=True) as client:
         return client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=list(names))))
+
+
+RUN_NAMES = [f"fleet-test-{i}-{n}" for i, n in enumerate(NAMES, 1)]
+
+
+def hold_the_slot_until_two_runs_wait(held: dict[str, object], wait_s: float = 240) -> None:
+    """Take the limit's one slot and keep it until two of the tiny runs are Running, or ``wait_s`` passes; write
+    into ``held`` how many were running when it let go (or the error that kept it from the slot)."""
+    from prefect.concurrency.sync import concurrency
+
+    try:
+        with concurrency(LIMIT, occupy=1, strict=True):
+            deadline = time.monotonic() + wait_s
+            while time.monotonic() < deadline:
+                held["running"] = sum(r.state is not None and r.state.is_running() for r in read_flow_runs(RUN_NAMES))
+                if held["running"] >= 2:
+                    return
+                time.sleep(0.5)
+    except Exception as e:  # the test that reads ``held`` fails with it
+        held["error"] = repr(e)
 
 
 def held_slots(limit: str, expected: int, wait_s: float = 30) -> dict[str, dict]:
@@ -126,7 +156,10 @@ def held_slots(limit: str, expected: int, wait_s: float = 30) -> dict[str, dict]
                 events += page.events
             holds: dict[str, dict] = {}
             for e in events:
-                (task_run,) = (r for r in e.related if r.role == "task-run")
+                task_runs = [r for r in e.related if r.role == "task-run"]
+                if not task_runs:  # the test's own hold (see hold_the_slot_until_two_runs_wait)
+                    continue
+                (task_run,) = task_runs
                 holds.setdefault(task_run.id, {"name": task_run.name})[e.event.rsplit(".", 1)[1]] = e.occurred
             complete = {k: v for k, v in holds.items() if {"acquired", "released"} <= set(v)}
             if len(complete) >= expected or time.monotonic() > deadline:
@@ -181,10 +214,9 @@ def test_with_a_limit_of_one_no_two_range_tests_or_fits_overlap(fleet_run):
     spans = sorted((h["acquired"], h["released"]) for h in holds.values())
     for (_, end), (start, _) in zip(spans, spans[1:], strict=False):
         assert end <= start, f"two stages held the GPU at once: one until {end}, the next from {start}"
-    # ... while the runs themselves did overlap (two workers): the limit is what kept the stages apart.
-    runs = sorted(
-        (r.start_time, r.end_time) for r in read_flow_runs(f"fleet-test-{i}-{n}" for i, n in enumerate(NAMES, 1))
-    )
+    # ... while the runs themselves did overlap (two workers, the slot held at first): the limit kept the stages apart.
+    assert fleet_run["held"] == {"running": 2}, fleet_run["held"]
+    runs = sorted((r.start_time, r.end_time) for r in read_flow_runs(RUN_NAMES))
     assert len(runs) == 3 and any(b[0] < a[1] for a, b in zip(runs, runs[1:], strict=False))
     # Each hold lies inside its task run, and the run's metrics record the fit's own times inside the hold.
     from prefect.client.orchestration import get_client
