@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from lrgate import parent_death
 from lrgate.config import RunConfig
 from lrgate.errors import LrgateError
 from lrgate.outputs import write_text
@@ -137,10 +138,13 @@ def launch_training(
 
 def _run(command: list[str], stderr_path: Path, log: Log) -> tuple[int, str]:
     """Run ``command``, its stdout lines to ``log`` and its stderr to a file; return the exit code and the
-    stderr's last lines. The launch stays in this process group, so a Ctrl-C or a kill of the group reaches it,
-    and if this process is interrupted it stops the launch (torchrun stops its ranks) before going on."""
+    stderr's last lines. The launch stays in this process group, so a Ctrl-C or a kill of the group reaches it;
+    if this process is interrupted it stops the launch (torchrun stops its ranks) before going on, and if it is
+    killed outright (SIGKILL, the OOM killer) the kernel sends the launch SIGTERM (:mod:`lrgate.parent_death`)."""
     with stderr_path.open("w") as stderr:
-        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, text=True, bufsize=1)
+        # (through parent_death: if this process is killed outright, torchrun gets SIGTERM and stops its ranks)
+        wrapped = parent_death.command(os.getpid(), command)
+        proc = subprocess.Popen(wrapped, stdout=subprocess.PIPE, stderr=stderr, text=True, bufsize=1)
         try:
             for line in proc.stdout:
                 log(line.rstrip())

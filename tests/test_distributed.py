@@ -4,6 +4,11 @@ the config field, and the pin on fastai's CUDA-only broadcast that lrgate works 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +22,7 @@ from lrgate.run_dir import open_run
 from lrgate.stages import load_images, train
 from tests.conftest import tiny_config
 
+ROOT = Path(__file__).resolve().parents[1]
 TWO_RANKS = "distributed: {processes: 2}"
 
 
@@ -142,3 +148,42 @@ def test_one_process_is_the_default(tmp_path):
 def test_the_example_config_asks_for_four_ranks():
     cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "distributed.example.yaml")
     assert (cfg.distributed.processes, cfg.distributed.backend) == (4, "auto")
+
+
+def _alive(pid: int) -> bool:
+    """Running or sleeping; a zombie (dead, not yet reaped by whoever adopted it) counts as gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_launch_stops_when_the_process_that_started_it_is_killed_outright(tmp_path):
+    # The flow's process (here a small stand-in that runs the launcher) is SIGKILLed mid launch: no finally runs in
+    # it, and without the kernel's parent-death signal its launch would train on, orphaned, for a minute.
+    pid_file = tmp_path / "launch.pid"
+    launcher = (
+        "import sys\nfrom pathlib import Path\nfrom lrgate.distributed import _run\n"
+        f"_run([sys.executable, '-c', 'import os, time; print(os.getpid(), flush=True); time.sleep(60)'], "
+        f"Path({str(tmp_path / 'stderr.log')!r}), lambda line: Path({str(pid_file)!r}).write_text(line))\n"
+    )
+    flow = subprocess.Popen([sys.executable, "-c", launcher], cwd=ROOT)
+    launch = None
+    try:
+        deadline = time.monotonic() + 60
+        while not pid_file.is_file() or not pid_file.read_text().strip():
+            assert flow.poll() is None and time.monotonic() < deadline, "the launch never started"
+            time.sleep(0.1)
+        launch = int(pid_file.read_text())
+        assert _alive(launch)
+        flow.send_signal(signal.SIGKILL)
+        flow.wait()
+        deadline = time.monotonic() + 10
+        while _alive(launch) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _alive(launch), "the launch outlived the process that started it"
+    finally:
+        flow.kill()
+        if launch and _alive(launch):
+            os.kill(launch, signal.SIGKILL)
