@@ -95,6 +95,10 @@ def pipeline(config: str, out: str | None = None) -> dict[str, Any]:
             "resumed": resumed,
             "outcome": outcome,
             "decisions": {record["gate"]: decision for record, decision in gates},
+            "range_tests": {
+                record["gate"]: {k: record.get(k) for k in ("plot", "curve_csv", "frame_csv", "gpu_slot")}
+                for record, _ in gates
+            },
             "metrics": {t["stage"]: t for t in trainings},
             "model": model["model"] if model else None,
             "report": str(run.path("report.md")),

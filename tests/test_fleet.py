@@ -226,7 +226,11 @@ def test_with_a_limit_of_one_no_two_range_tests_or_fits_overlap(fleet_run):
             t = client.read_task_run(task_run_id.rsplit(".", 1)[1])
             assert t.start_time <= h["acquired"] <= h["released"] <= t.end_time
     for row in fleet_run["rows"][:3]:
-        fit = json.loads((Path(row["run_dir"]) / "summary.json").read_text())["metrics"]["fine-tune"]
+        summary = json.loads((Path(row["run_dir"]) / "summary.json").read_text())
+        for gate in ("frozen", "unfrozen"):  # the range tests' holds are recorded too
+            slot = summary["range_tests"][gate]["gpu_slot"]
+            assert slot["limit"] == LIMIT and slot["held_from"] <= slot["held_to"]
+        fit = summary["metrics"]["fine-tune"]
         assert fit["gpu_slot"]["limit"] == LIMIT
         held = [datetime.fromisoformat(fit["gpu_slot"][k]) for k in ("held_from", "held_to")]
         assert held[0] <= datetime.fromisoformat(fit["started"]) <= datetime.fromisoformat(fit["ended"]) <= held[1]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -27,8 +28,6 @@ def gate_json(summary, gate: str) -> dict:
 
 
 def summary_dir(summary):
-    from pathlib import Path
-
     return Path(summary["run_dir"])
 
 
@@ -56,6 +55,9 @@ def test_every_output_exists_and_reads_back(finished):
     for gate in ("frozen", "unfrozen"):
         with Image.open(run / f"gate-{gate}" / "review.png") as im:
             assert im.format == "PNG"
+        # the summary names each gate's files; no GPU limit here, so no slot was taken
+        recorded = finished["range_tests"][gate]
+        assert Path(recorded["plot"]) == run / f"gate-{gate}" / "review.png" and recorded["gpu_slot"] is None
         frame = pd.read_csv(run / f"gate-{gate}" / "review.csv")
         assert {"loss", "loss_grad", "lrs", "min_grad"} <= set(frame.columns)
         curve = pd.read_csv(run / f"gate-{gate}" / "curve.csv")
