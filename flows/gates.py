@@ -48,16 +48,25 @@ class GuardStop(LrgateError):
     """The guard stopped an unattended gate and the config says ``guard.on_fail: fail``."""
 
 
+def takes_slice(record: dict[str, Any]) -> bool:
+    """Whether the stage after the gate trains with a slice (else one lr)."""
+    s = record["suggestion"]
+    return s["slice"] is not None if s is not None else record["takes_slice"]
+
+
 def answer_form(record: dict[str, Any]) -> type[RunInput]:
-    """The gate's form, with the override fields bounded by the lrs its range test tried."""
-    lo, hi = record["suggestion"]["tested_range"]
+    """The gate's form, with the override fields bounded by the lrs its range test tried. A gate whose curve
+    could not be read has no suggestion: its form offers override and reject only."""
+    s = record["suggestion"]
+    lo, hi = s["tested_range"] if s is not None else record["tested_range"]
     bounded = {"ge": lo, "le": hi}
+    decisions = Literal["approve", "override", "reject"] if s is not None else Literal["override", "reject"]
     fields: dict[str, Any] = {
         "reviewer": (str, Field(min_length=1, description="who decides (required)")),
-        "decision": (Literal["approve", "override", "reject"], Field("approve", description="what to do")),
+        "decision": (decisions, Field("approve" if s is not None else "override", description="what to do")),
         "reason": (str, Field("", description="why (required to reject)")),
     }
-    if record["suggestion"]["slice"] is None:
+    if not takes_slice(record):
         fields["lr"] = (float | None, Field(None, **bounded, description=f"override lr, {lo:.1e} .. {hi:.1e}"))
     else:
         fields["slice_lo"] = (
@@ -77,7 +86,7 @@ def problem_with(answer: RunInput, record: dict[str, Any]) -> str | None:
         return None if answer.reason.strip() else "a rejection needs a reason"
     if answer.decision != "override":
         return None
-    if record["suggestion"]["slice"] is None:
+    if not takes_slice(record):
         return None if answer.lr is not None else "an override needs lr"
     if answer.slice_lo is None or answer.slice_hi is None:
         return "an override needs both slice_lo and slice_hi"
@@ -110,8 +119,9 @@ def _decision(
 
 
 def _suggested_value(record: dict[str, Any]) -> Any:
+    """The suggestion's lr or slice; None when the curve could not be read."""
     s = record["suggestion"]
-    return s["slice"] or s["lr"]
+    return None if s is None else s["slice"] or s["lr"]
 
 
 def _release_accelerator() -> None:
@@ -147,7 +157,14 @@ def wait_for_review(
     try:
         create_flow_run_input(
             PENDING_KEY.format(gate=name),
-            {"gate": name, "suggestion": record["suggestion"], "plot": record["plot"], "run_dir": str(run.run_dir)},
+            {
+                "gate": name,
+                "suggestion": record["suggestion"],
+                "error": record.get("error"),
+                "takes_slice": takes_slice(record),
+                "plot": record["plot"],
+                "run_dir": str(run.run_dir),
+            },
         )
     except PrefectHTTPStatusError as e:
         if e.response.status_code != 409:  # 409: published already, by this run before it was suspended
@@ -185,6 +202,11 @@ def wait_for_review(
             _running_again()
             if gate.on_timeout == "fail":
                 raise GateTimeout(f"gate {name}: no review within {gate.timeout} s (on_timeout: fail)") from None
+            if gate.on_timeout == "approve" and record["suggestion"] is None:
+                raise GateTimeout(
+                    f"gate {name}: no review within {gate.timeout} s, and no suggestion to approve "
+                    f"(on_timeout: approve): {record['error']}"
+                ) from None
             value = _suggested_value(record) if gate.on_timeout == "approve" else None
             return _decision(record, gate, gate.on_timeout, "timeout", value, f"no answer within {gate.timeout} s")
         problem = problem_with(answer, record)
@@ -195,7 +217,7 @@ def wait_for_review(
     if answer.decision == "reject":
         return _decision(record, gate, "reject", answer.reviewer, None, answer.reason)
     if answer.decision == "override":
-        value = [answer.slice_lo, answer.slice_hi] if record["suggestion"]["slice"] else answer.lr
+        value = [answer.slice_lo, answer.slice_hi] if takes_slice(record) else answer.lr
         return _decision(record, gate, "override", answer.reviewer, value, answer.reason)
     return _decision(record, gate, "approve", answer.reviewer, _suggested_value(record), answer.reason)
 
@@ -212,11 +234,15 @@ def gate_decision(cfg: RunConfig, run: RunInfo, record: dict[str, Any], gate: Ga
     if saved.exists():
         return json.loads(saved.read_text())
     pinned = gate.lr is not None or gate.slice is not None
-    if record["suggestion"] is None and not pinned:
-        raise CurveError(f"gate {name}: {record['error']}")  # nothing to approve: fail with the reason
+    unread = record["suggestion"] is None
+    if unread and not pinned and gate.policy == "auto" and cfg.guard is None:
+        raise CurveError(f"gate {name}: {record['error']}")  # nothing to go on with, and no one to ask
     problem = None
     if gate.policy == "auto" and not pinned and cfg.guard is not None:
-        problem = guard_problem(record["suggestion"], cfg.guard, last_value(cfg, name))
+        if unread:
+            problem = f"the range test cannot be read: {record['error']}"
+        else:
+            problem = guard_problem(record["suggestion"], cfg.guard, last_value(cfg, name))
     if problem is not None:
         get_run_logger().warning("gate %s: the guard stops the suggestion: %s (%s)", name, problem, cfg.guard.on_fail)
         if cfg.guard.on_fail == "fail":

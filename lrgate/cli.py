@@ -98,7 +98,8 @@ def _pending(args: argparse.Namespace) -> int:
     if not runs:
         print("no run waits at a gate")
     for r in runs:
-        print(f"{r['run_id']}  {r['name']}  gate {r['gate']}  suggested {r['suggestion']}  since {r['since']}")
+        suggested = r["suggestion"] if r["suggestion"] is not None else f"nothing (curve unreadable: {r['error']})"
+        print(f"{r['run_id']}  {r['name']}  gate {r['gate']}  suggested {suggested}  since {r['since']}")
         print(f"    plot: {r['plot']}" + "".join(f"\n    warning: {w}" for w in r["warnings"]))
     return 0
 

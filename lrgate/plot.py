@@ -96,3 +96,32 @@ def save_review(
     write_atomic(png, lambda f: fig.savefig(f, format="png"))
     write_atomic(csv, lambda f: s.frame.to_csv(f, index_label="iteration"), mode="w")
     return png, csv
+
+
+def unread_curve_figure(lrs: np.ndarray, losses: np.ndarray, title: str) -> Figure:
+    """The recorded loss of a range test that could not be read into a suggestion, against lr on a log axis
+    (finite points only), with ``title`` saying why: the gate's graph for the person who decides instead."""
+    lrs, losses = np.asarray(lrs, dtype=float), np.asarray(losses, dtype=float)
+    fig = Figure(figsize=(9, 5.4), dpi=110, layout="constrained")
+    ax = fig.add_subplot()
+    ok = np.isfinite(lrs) & (lrs > 0) & np.isfinite(losses)
+    if ok.any():
+        ax.plot(lrs[ok], losses[ok], color=LOSS_COLOR, lw=1.8, marker=".", ms=4, label="loss (as recorded)")
+        ax.set_xscale("log")
+        ax.set_ylim(*_limits(losses[ok]))
+        ax.legend(loc="upper left", fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no finite loss was recorded", ha="center", va="center", transform=ax.transAxes)
+    ax.set_xlabel("learning rate (log scale)")
+    ax.set_ylabel("loss", color=LOSS_COLOR)
+    ax.grid(True, which="major", alpha=0.3)
+    ax.set_title(title, fontsize=10, loc="left", wrap=True)
+    return fig
+
+
+def save_unread_curve(lrs: np.ndarray, losses: np.ndarray, png: str | os.PathLike, title: str) -> Path:
+    """Write :func:`unread_curve_figure` to ``png`` atomically; return the path."""
+    png = Path(png)
+    fig = unread_curve_figure(lrs, losses, title)
+    write_atomic(png, lambda f: fig.savefig(f, format="png"))
+    return png

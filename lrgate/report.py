@@ -79,6 +79,8 @@ def render_report(
         ]
         if s is not None:
             lines += [f"![gate {n} review plot]({_rel(record['plot'], run)})", "", "```", record["choices"], "```", ""]
+        elif record.get("plot"):  # the recorded curve that could not be read
+            lines += [f"![gate {n} recorded curve]({_rel(record['plot'], run)})", ""]
     if not trainings:
         return "\n".join(lines)
     lines += [

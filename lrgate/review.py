@@ -70,7 +70,7 @@ def pending() -> list[dict[str, Any]]:
         waiting = []
         for run in runs:
             info = _gate_info(client, run.id) or {}
-            s = info.get("suggestion", {})
+            s = info.get("suggestion") or {}  # None: the gate's curve could not be read
             waiting.append(
                 {
                     "run_id": str(run.id),
@@ -80,6 +80,7 @@ def pending() -> list[dict[str, Any]]:
                     "gate": info.get("gate"),
                     "suggestion": s.get("slice") or s.get("lr"),
                     "warnings": s.get("warnings", []),
+                    "error": info.get("error"),
                     "plot": info.get("plot"),
                     "run_dir": info.get("run_dir"),
                 }
@@ -127,7 +128,13 @@ def answer(
         info = _gate_info(client, flow_run_id)
         if info is None:
             raise ReviewError(f"run {run_id} is paused, but not at an lrgate gate")
-        takes_slice = info["suggestion"]["slice"] is not None
+        suggestion = info["suggestion"]
+        takes_slice = info.get("takes_slice", suggestion is not None and suggestion["slice"] is not None)
+        if suggestion is None and body["decision"] == "approve":
+            raise ReviewError(
+                f"gate {info['gate']} has no suggestion to approve (its range test cannot be read: "
+                f"{info.get('error')}); override it ({'--slice LO,HI' if takes_slice else '--lr LR'}) or reject it"
+            )
         if lr is not None and takes_slice:
             raise ReviewError(f"gate {info['gate']} trains with a slice: use --slice LO,HI")
         if slice_ is not None and not takes_slice:

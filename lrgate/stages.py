@@ -34,7 +34,7 @@ from lrgate.learner_state import detect_state
 from lrgate.models import build_learner
 from lrgate.notebook import suggest_for_learner
 from lrgate.outputs import write_atomic, write_text
-from lrgate.plot import save_review
+from lrgate.plot import save_review, save_unread_curve
 from lrgate.range_test import recorded_curve
 from lrgate.run_dir import RunInfo
 from lrgate.suggest import format_choices
@@ -216,9 +216,25 @@ def range_test(cfg: RunConfig, run: RunInfo, checkpoint: str, gate: str, log: Lo
         log(f"gate {gate}: the range test cannot be read: {e}")
     seconds = round(time.perf_counter() - started, 2)
     out = _gate_dir(run, gate)
-    curve = write_curve_csv(out / "curve.csv", *recorded_curve(learn))
+    lrs, losses = recorded_curve(learn)
+    curve = write_curve_csv(out / "curve.csv", lrs, losses)
     if s is None:
-        return {"gate": gate, "suggestion": None, "error": error, "curve_csv": str(curve), "seconds": seconds}
+        # No suggestion, but the gate keeps its graph, and a person can still decide (override or reject) with
+        # the tested range and the kind of value (lr or slice) the next stage trains with.
+        state = detect_state(learn)
+        tested = [float(lrs[0]), float(lrs[-1])] if len(lrs) else [cfg.lr_find.start_lr, cfg.lr_find.end_lr]
+        title = f"{state.state}: the range test cannot be read: {error}"
+        return {
+            "gate": gate,
+            "suggestion": None,
+            "error": error,
+            "state": state.state,
+            "takes_slice": state.state != "frozen" and state.n_groups > 1,
+            "tested_range": tested,
+            "plot": str(save_unread_curve(lrs, losses, out / "review.png", title)),
+            "curve_csv": str(curve),
+            "seconds": seconds,
+        }
     plot, frame = save_review(s, out / "review.png")
     suggestion = s.to_dict()
     write_text(out / "suggestion.json", json.dumps(suggestion, indent=2))

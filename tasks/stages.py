@@ -136,6 +136,15 @@ def gate_markdown(record: dict[str, Any], title: str) -> str:
     """A gate's review page: the suggestion, the choices table and the plot (embedded, so the UI shows it)."""
     png = base64.b64encode(Path(record["plot"]).read_bytes()).decode()
     s = record["suggestion"]
+    if s is None:  # the curve could not be read: its graph, and what a person may still decide
+        lo, hi = record["tested_range"]
+        kind = "a slice (lo and hi)" if record["takes_slice"] else "an lr"
+        return (
+            f"# {title}\n\n**The range test cannot be read ({record['state']}):** {record['error']}\n\n"
+            f"No suggestion to approve: override with {kind} inside the tested range {lo:.1e} .. {hi:.1e}, or "
+            f"reject.\n\n![the recorded curve](data:image/png;base64,{png})\n\n"
+            f"Files: `{record['plot']}`, `{record['curve_csv']}`\n"
+        )
     value = format_value(s["slice"]) if s["slice"] else f"lr = {format_value(s['lr'])}"
     warnings = "".join(f"\n- {w}" for w in s["warnings"]) or "\n- none"
     return (
@@ -157,16 +166,11 @@ def lr_suggest(cfg: RunConfig, run: RunInfo, checkpoint: str, gate: str) -> dict
         record = stages.range_test(cfg, run, checkpoint, gate, log=get_run_logger().info)
     record["gpu_slot"] = slot
     title = f"Gate {'1' if gate == 'frozen' else '2'} ({gate}) of run {run.run_id}"
-    if record["suggestion"] is None:
-        create_markdown_artifact(
-            f"# {title}\n\nThe range test cannot be read: {record['error']}\n\nCurve: `{record['curve_csv']}`\n",
-            key=artifact_key(cfg, f"gate-{gate}"),
-            description=f"lrgate review: {title}",
-        )
-        return record
     create_markdown_artifact(
         gate_markdown(record, title), key=artifact_key(cfg, f"gate-{gate}"), description=f"lrgate review: {title}"
     )
+    if record["suggestion"] is None:
+        return record
     s = record["suggestion"]
     get_run_logger().info(
         "gate %s: suggested %s (%d warning(s)); plot %s",

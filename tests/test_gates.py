@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from lrgate.review import pending
@@ -112,6 +113,39 @@ def test_bad_answers_are_refused_and_the_run_stays_paused_then_a_rejection_stops
     assert "metrics" not in summary or not summary["metrics"]
     assert not (run_dir / "model.pkl").exists()
     assert "(reason: loss curve looks broken)" in (run_dir / "report.md").read_text()
+
+
+def test_a_manual_gate_whose_curve_cannot_be_read_shows_the_curve_and_takes_an_override(prefect_api, tmp_path):
+    # noise 20 needs 41 points of the tiny range test's 24: no suggestion at gate 1 (gate 2 is pinned)
+    unreadable = "suggest: {noise: 20}\ngates:\n  frozen: {policy: manual, timeout: 300}\n"
+    unreadable += "  unfrozen: {slice: [1e-5, 1e-4]}\n"
+    run_dir = tmp_path / "run"
+    proc = start(tiny_config(tmp_path, unreadable), run_dir)
+    gate1 = waiting(run_dir, "frozen", proc)
+    assert gate1["suggestion"] is None and "needs at least 41 finite points" in gate1["error"]
+    assert Path(gate1["plot"]).is_file()  # the recorded curve
+    # Nothing to approve, and this gate takes one lr: both refused before anything is sent.
+    out = lrgate("approve", gate1["run_id"])
+    assert out.returncode == 1 and "no suggestion to approve" in out.stderr and "--lr LR" in out.stderr
+    assert "use --lr" in lrgate("approve", gate1["run_id"], "--slice", "1e-5,1e-3").stderr
+    # The form offers override and reject only: an "approve" sent straight to the API is refused by the server.
+    from prefect.flow_runs import resume_flow_run
+
+    with pytest.raises(RuntimeError, match=r"'approve' is not one of \['override', 'reject'\]"):
+        resume_flow_run(gate1["run_id"], run_input={"reviewer": "eve", "decision": "approve"})
+    lrs = pd.read_csv(run_dir / "gate-frozen" / "curve.csv")["lr"]
+    chosen = float(lrs.iloc[len(lrs) // 2])
+    out = lrgate("approve", gate1["run_id"], "--lr", repr(chosen), "--reviewer", "dora")
+    assert out.returncode == 0, out.stderr
+    code, log = finish(proc)
+    assert code == 0, log[-3000:]
+
+    summary = json.loads((run_dir / "summary.json").read_text())
+    d1 = summary["decisions"]["frozen"]
+    assert (d1["action"], d1["reviewer"], d1["value"], d1["suggested"]) == ("override", "dora", chosen, None)
+    assert summary["metrics"]["train-frozen"]["fit_lr"] == chosen
+    report = (run_dir / "report.md").read_text()
+    assert "the range test could not be read: noise=20" in report and "gate-frozen/review.png" in report
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,7 @@ from lrgate.flows.pipeline import pipeline
 from PIL import Image
 
 from lrgate.data import DataError
+from lrgate.errors import CurveError
 from tests.conftest import make_image_folder, tiny_config
 
 
@@ -106,6 +107,19 @@ def test_pinned_values_are_trained_with_and_the_suggestion_kept_beside(prefect_a
     assert gate_json(summary, "frozen")["lr"] > 0
     assert (summary_dir(summary) / "gate-unfrozen" / "curve.csv").exists()
     assert summary["decisions"]["unfrozen"]["source"] == "pinned slice"
+
+
+UNREADABLE = "suggest: {noise: 20}\n"  # the extrema filter needs 41 points; the tiny range test records 24
+
+
+def test_an_unattended_gate_whose_curve_cannot_be_read_fails_with_the_reason_and_keeps_the_graph(prefect_api, tmp_path):
+    with pytest.raises(CurveError, match=r"gate frozen: noise=20 needs at least 41 finite points, the curve has 24"):
+        pipeline(str(tiny_config(tmp_path, UNREADABLE)), str(tmp_path / "run"))
+    gate = tmp_path / "run" / "gate-frozen"
+    with Image.open(gate / "review.png") as im:  # the recorded curve, for a person to look at
+        assert im.format == "PNG"
+    assert len(pd.read_csv(gate / "curve.csv")) == 24
+    assert not (tmp_path / "run" / "checkpoints" / "1-frozen.pth").exists()
 
 
 def test_corrupt_images_fail_before_any_training(prefect_api, tmp_path):

@@ -5,7 +5,7 @@ import pandas as pd
 from PIL import Image
 
 from lrgate.curve_file import read_curve_csv
-from lrgate.plot import review_figure, save_review
+from lrgate.plot import review_figure, save_review, save_unread_curve, unread_curve_figure
 from lrgate.suggest import FRAME_COLUMNS, suggest
 from tests.conftest import EXAMPLE_CURVES, bowl
 
@@ -51,3 +51,18 @@ def test_y_limits_show_the_bowl_not_the_divergence():
     low, high = review_figure(s).axes[0].get_ylim()
     assert high < s.frame["loss"].max() / 2  # the exponential tail reaches far higher
     assert low <= s.frame["loss"].min()
+
+
+def test_a_curve_that_cannot_be_read_still_gets_its_graph(tmp_path):
+    lrs = np.geomspace(1e-7, 1, 12)
+    losses = np.r_[np.linspace(2, 1, 9), np.nan, np.inf, 5.0]  # a divergence: the last finite point is drawn too
+    fig = unread_curve_figure(lrs, losses, "frozen: the range test cannot be read: why")
+    (line,) = fig.axes[0].get_lines()
+    assert len(line.get_xdata()) == 10 and fig.axes[0].get_xscale() == "log"
+    assert "cannot be read: why" in fig.axes[0].get_title(loc="left")
+    # nothing finite at all: the graph says so instead of failing
+    empty = unread_curve_figure(lrs, np.full(12, np.nan), "t")
+    assert not empty.axes[0].get_lines() and "no finite loss" in empty.axes[0].texts[0].get_text()
+    png = save_unread_curve(lrs, losses, tmp_path / "review.png", "t")
+    with Image.open(png) as im:
+        assert im.format == "PNG"
