@@ -64,7 +64,7 @@ RANGE_FIELDS = ("task", "seed", "stage", "points", "seconds", "checkpoint_lr")
 
 @dataclass(frozen=True)
 class Task:
-    data: str  # digits | shapes | photos
+    data: str  # digits | shapes | photos | textures
     body: str  # cnn (tiny CNN pretrained on digits 0-4) | lite0 (EfficientNet-Lite0, ImageNet)
     opt: str  # adam | sgd (SGD with momentum 0.9, fastai's default)
     bs: int
@@ -80,6 +80,10 @@ TASKS = {
     "shapes-lite0-sgd-bs64": Task("shapes", "lite0", "sgd", 64),
     "photos-lite0-sgd-bs8": Task("photos", "lite0", "sgd", 8),
     "shapes-cnn-adam-bs64": Task("shapes", "cnn", "adam", 64, epochs=8, n_train=1000),
+    # fresh tasks (split-fresh.json): added, and their split fixed, after the default was chosen
+    "textures-lite0-adam-bs64": Task("textures", "lite0", "adam", 64),
+    "textures-cnn-sgd-bs64": Task("textures", "cnn", "sgd", 64, epochs=8, n_train=1000),
+    "photos-cnn-adam-bs8": Task("photos", "cnn", "adam", 8, epochs=3, n_train=700),
 }
 
 
@@ -132,11 +136,28 @@ def _photos(rng: np.random.Generator, n: int, size: int = 32) -> tuple[np.ndarra
     return np.stack(xs), np.array(ys)
 
 
+def _textures(rng: np.random.Generator, n: int, size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """Noisy sine gratings in four orientations (0, 45, 90, 135 degrees, jittered by up to 15), random period,
+    phase, contrast and tint: a texture task, unlike the other data sets' objects and digits."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    xs, ys = [], []
+    for i in range(n):
+        label = i % 4
+        angle = np.deg2rad(45 * label + rng.uniform(-15, 15))
+        period = rng.uniform(4, 12)
+        wave = np.sin(2 * np.pi * (xx * np.cos(angle) + yy * np.sin(angle)) / period + rng.uniform(0, 2 * np.pi))
+        grey = 0.5 + 0.5 * rng.uniform(0.15, 0.8) * wave + rng.normal(0, 0.25, (size, size))
+        tint = rng.uniform(0.5, 1.0, 3).astype(np.float32)
+        xs.append(np.clip(grey[None] * tint[:, None, None], 0, 1).astype(np.float32))
+        ys.append(label)
+    return np.stack(xs), np.array(ys)
+
+
 def task_data(task: Task) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(x_train, y_train, x_valid, y_valid) shaped for the task's body; the same on every call."""
     rng = np.random.default_rng(1234)
     n = task.n_train + N_VALID
-    x, y = {"digits": _digits, "shapes": _shapes, "photos": _photos}[task.data](rng, n)
+    x, y = {"digits": _digits, "shapes": _shapes, "photos": _photos, "textures": _textures}[task.data](rng, n)
     order = rng.permutation(len(y))[:n]
     x, y = torch.tensor(x[order], dtype=torch.float32), torch.tensor(y[order])
     if task.body == "lite0":
@@ -328,11 +349,14 @@ def record_task(name: str, seeds: list[int], all_seeds: list[int], rec: Recorder
 def record(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     split = json.loads((args.data / efficacy.SPLIT_FILE).read_text())
+    fresh = args.data / efficacy.FRESH_SPLIT_FILE
+    fresh = json.loads(fresh.read_text()) if fresh.exists() else {"tasks": [], "seeds": split["seeds"]}
     rec = Recorder(args.data, args.work, args.max_minutes)
-    for name in args.tasks or split["tasks"]:
+    for name in args.tasks or split["tasks"] + fresh["tasks"]:
         if name not in TASKS:
             raise SystemExit(f"unknown task {name!r}; known: {', '.join(TASKS)}")
-        if not record_task(name, args.seeds or split["seeds"], split["seeds"], rec):
+        seeds = split["seeds"] if name in split["tasks"] else fresh["seeds"]
+        if not record_task(name, args.seeds or seeds, seeds, rec):
             print(f"chunk time ({args.max_minutes:g} min) is up: run the same command again to go on")
             return 0
     print("all recorded")
@@ -356,13 +380,13 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     r = sub.add_parser("record", help="train what is missing (resumable)")
     r.add_argument("--max-minutes", type=float, default=100, help="stop starting new trainings after this long")
-    r.add_argument("--tasks", nargs="*", help="only these tasks (default: all in split.json)")
+    r.add_argument("--tasks", nargs="*", help="only these tasks (default: all in split.json and split-fresh.json)")
     r.add_argument("--seeds", nargs="*", type=int, help="only these seeds")
     r.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     r.add_argument("--work", type=Path, default=WORK, help="checkpoints and lr_find scratch")
     r.set_defaults(run=record)
     s = sub.add_parser("score", help="score every method from the saved data (no training)")
-    s.add_argument("--split", choices=("held_out", "new_tasks", "tuning", "all"), default="held_out")
+    s.add_argument("--split", choices=("held_out", "new_tasks", "fresh", "tuning", "all"), default="held_out")
     s.add_argument("--plot", type=Path, help="write the regret plot (PNG) here")
     s.set_defaults(run=score)
     for p in (r, s):

@@ -26,6 +26,7 @@ import pandas as pd
 GRID_FILE = "grid.csv"
 RANGE_FILE = "range_tests.csv"
 SPLIT_FILE = "split.json"
+FRESH_SPLIT_FILE = "split-fresh.json"  # a second held-out split, fixed after the default was chosen
 STAGES = ("frozen", "unfrozen")
 
 
@@ -66,12 +67,19 @@ class Benchmark:
 
     def pairs(self, split: str) -> list[tuple[str, int]]:
         """The (task, seed) curves of ``split``: ``tuning``, ``held_out`` (everything not tuning), ``new_tasks``
-        (the held-out split's whole tasks only) or ``all``."""
+        (the held-out split's whole tasks only), ``all`` (the first six tasks), or ``fresh`` (the tasks of
+        ``split-fresh.json``, recorded after the default was fixed)."""
         every = [(t, s) for t in self.split["tasks"] for s in self.split["seeds"]]
         tuning = [(t, s) for t in self.split["tuning"]["tasks"] for s in self.split["tuning"]["seeds"]]
         new = [(t, s) for t, s in every if t in self.split["held_out"]["tasks"]]
-        chosen = {"all": every, "tuning": tuning, "held_out": [p for p in every if p not in tuning], "new_tasks": new}
-        chosen = chosen[split]
+        fresh = self.split.get("fresh") or {"tasks": [], "seeds": []}
+        chosen = {
+            "all": every,
+            "tuning": tuning,
+            "held_out": [p for p in every if p not in tuning],
+            "new_tasks": new,
+            "fresh": [(t, s) for t in fresh["tasks"] for s in fresh["seeds"]],
+        }[split]
         return [(t, s) for t, s in chosen if all((t, s, stage) in self.curves for stage in STAGES)]
 
 
@@ -86,7 +94,10 @@ def load_benchmark(folder: str | Path) -> Benchmark:
     for row in ranges.itertuples():
         lrs, losses = read_curve_csv(folder / "curves" / curve_name(row.task, row.seed, row.stage))
         curves[(row.task, int(row.seed), row.stage)] = (np.asarray(lrs, float), np.asarray(losses, float))
-    return Benchmark(grid, ranges, curves, json.loads((folder / SPLIT_FILE).read_text()))
+    split = json.loads((folder / SPLIT_FILE).read_text())
+    if (folder / FRESH_SPLIT_FILE).exists():
+        split["fresh"] = json.loads((folder / FRESH_SPLIT_FILE).read_text())
+    return Benchmark(grid, ranges, curves, split)
 
 
 def accuracy_at(curve: pd.Series, lr: float) -> float:
