@@ -365,7 +365,8 @@ def record(args: argparse.Namespace) -> int:
 
 def score(args: argparse.Namespace) -> int:
     bench = efficacy.load_benchmark(args.data)
-    table = efficacy.score_table(bench, args.split)
+    extra = efficacy.carried_over(bench) if args.split == "fresh" else None
+    table = efficacy.score_table(bench, args.split, extra=extra)
     print(efficacy.format_table(table, args.split))
     print()
     print(efficacy.format_costs(bench))

@@ -170,6 +170,10 @@ def wait_for_review(
         if e.response.status_code != 409:  # 409: published already, by this run before it was suspended
             raise
     _release_accelerator()
+    if record["suggestion"] is None and gate.on_timeout == "approve":
+        logger.warning(
+            "gate %s has no suggestion to approve: unless someone answers within %d s the run fails", name, gate.timeout
+        )
     wait = suspend_flow_run if deployment.id else pause_flow_run
     note = f"**Escalated to review: {why}.**\n\n" if why else ""
     for attempt in itertools.count(1):  # until an answer passes the checks the schema cannot make
@@ -227,6 +231,8 @@ def gate_decision(cfg: RunConfig, run: RunInfo, record: dict[str, Any], gate: Ga
 
     A pinned value goes on as configured. An ``auto`` gate goes on with the suggestion unless the config's guard
     stops it (then it escalates to a review, or fails, as ``guard.on_fail`` says). A ``manual`` gate waits.
+    A range test that cannot be read has no suggestion: a pin goes on, a person may override or reject it (a
+    ``manual`` gate, or the guard's escalation), and an ``auto`` gate without a guard fails the run.
     Values that go on are remembered in the config's history for the guard of later runs.
     """
     name = record["gate"]
@@ -237,6 +243,8 @@ def gate_decision(cfg: RunConfig, run: RunInfo, record: dict[str, Any], gate: Ga
     unread = record["suggestion"] is None
     if unread and not pinned and gate.policy == "auto" and cfg.guard is None:
         raise CurveError(f"gate {name}: {record['error']}")  # nothing to go on with, and no one to ask
+    if unread and not pinned and "tested_range" not in record:  # cached by lrgate < 0.3: no form can be built
+        raise CurveError(f"gate {name}: {record['error']} (range test recorded by an older lrgate: start a new run)")
     problem = None
     if gate.policy == "auto" and not pinned and cfg.guard is not None:
         if unread:

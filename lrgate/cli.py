@@ -98,7 +98,7 @@ def _pending(args: argparse.Namespace) -> int:
     if not runs:
         print("no run waits at a gate")
     for r in runs:
-        suggested = r["suggestion"] if r["suggestion"] is not None else f"nothing (curve unreadable: {r['error']})"
+        suggested = f"nothing (curve unreadable: {r['error']})" if r["error"] else r["suggestion"]
         print(f"{r['run_id']}  {r['name']}  gate {r['gate']}  suggested {suggested}  since {r['since']}")
         print(f"    plot: {r['plot']}" + "".join(f"\n    warning: {w}" for w in r["warnings"]))
     return 0

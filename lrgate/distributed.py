@@ -140,7 +140,9 @@ def _run(command: list[str], stderr_path: Path, log: Log) -> tuple[int, str]:
     """Run ``command``, its stdout lines to ``log`` and its stderr to a file; return the exit code and the
     stderr's last lines. The launch stays in this process group, so a Ctrl-C or a kill of the group reaches it;
     if this process is interrupted it stops the launch (torchrun stops its ranks) before going on, and if it is
-    killed outright (SIGKILL, the OOM killer) the kernel sends the launch SIGTERM (:mod:`lrgate.parent_death`)."""
+    killed outright (SIGKILL, the OOM killer) the kernel sends the launch SIGTERM (:mod:`lrgate.parent_death`).
+    That signal follows the *thread* that started the launch: call this from one that outlives it (it waits for
+    the launch before it returns: the flow's own thread, as the training stages do)."""
     with stderr_path.open("w") as stderr:
         # (through parent_death: if this process is killed outright, torchrun gets SIGTERM and stops its ranks)
         wrapped = parent_death.command(os.getpid(), command)

@@ -160,6 +160,15 @@ def methods() -> dict[str, Method]:
 
 
 HINDSIGHT = "fixed lr in hindsight"
+CARRIED = "fixed lr carried over (the first six tasks' hindsight lr)"
+
+
+def carried_over(bench: Benchmark) -> dict[str, Method]:
+    """For the fresh split: the fixed lr a team would carry over to new tasks, the hindsight lr per stage of the
+    first six tasks (split ``all``), as an extra method for :func:`score_table`."""
+    table = score_table(bench, "all", extra={})
+    lrs = table[table["method"] == HINDSIGHT].groupby("stage")["lr"].first()
+    return {CARRIED: fixed(float(lrs["frozen"]), float(lrs["unfrozen"]))}
 
 
 def score_table(bench: Benchmark, split: str = "held_out", extra: dict[str, Method] | None = None) -> pd.DataFrame:

@@ -108,7 +108,10 @@ def unread_curve_figure(lrs: np.ndarray, losses: np.ndarray, title: str) -> Figu
     if ok.any():
         ax.plot(lrs[ok], losses[ok], color=LOSS_COLOR, lw=1.8, marker=".", ms=4, label="loss (as recorded)")
         ax.set_xscale("log")
-        ax.set_ylim(*_limits(losses[ok]))
+        # a finite divergence (1e6, say) would flatten the rest: cap the axis at a Tukey fence of the losses
+        q25, q75 = np.percentile(losses[ok], [25, 75])
+        shown = losses[ok][losses[ok] <= q75 + 3 * (q75 - q25)]
+        ax.set_ylim(*_limits(shown if len(shown) else losses[ok]))
         ax.legend(loc="upper left", fontsize=8)
     else:
         ax.text(0.5, 0.5, "no finite loss was recorded", ha="center", va="center", transform=ax.transAxes)

@@ -68,7 +68,8 @@ def render_report(
             if s is None
             else f"suggested {format_value(s['slice'] or s['lr'])} by `{s['method']}`"
         )
-        state = "" if s is None or s["state"] == record["gate"] else f" ({s['state']})"
+        state = s["state"] if s is not None else record.get("state", record["gate"])
+        state = "" if state == record["gate"] else f" ({state})"
         reason = f" (reason: {decision['reason']})" if decision["reason"] else ""
         lines += [
             f"## Gate {n}: {record['gate']}{state}",

@@ -211,7 +211,7 @@ def range_test(cfg: RunConfig, run: RunInfo, checkpoint: str, gate: str, log: Lo
             s = dataclasses.replace(s, warnings=(note, *s.warnings))
     except CurveError as e:
         # The curve cannot be read: keep it for a person; the gate decides what that means (a pinned value
-        # goes on, anything else stops the run with this message).
+        # goes on, a person may override or reject, an unattended gate without a guard stops the run).
         s, error = None, str(e)
         log(f"gate {gate}: the range test cannot be read: {e}")
     seconds = round(time.perf_counter() - started, 2)
