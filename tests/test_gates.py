@@ -180,3 +180,19 @@ def test_cli_needs_the_api_url(tmp_path):
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
     out = subprocess.run([LRGATE, "pending"], capture_output=True, text=True, env=env, timeout=60)
     assert out.returncode == 1 and "PREFECT_API_URL is not set" in out.stderr
+
+
+def test_an_unreadable_gate_cached_by_an_older_lrgate_fails_with_a_clear_reason(tmp_path):
+    # lrgate < 0.3 cached an unreadable range test without the tested range a form needs: no KeyError, a reason.
+    from lrgate.flows.gates import gate_decision
+
+    from lrgate.config import load_config
+    from lrgate.errors import CurveError
+    from lrgate.run_dir import open_run
+
+    config = tiny_config(tmp_path, "gates:\n  frozen: {policy: manual}\n")
+    cfg = load_config(config)
+    run, _ = open_run(cfg, config, tmp_path / "run", "fingerprint")
+    old = {"gate": "frozen", "suggestion": None, "error": "the curve is empty", "curve_csv": "c.csv", "seconds": 1}
+    with pytest.raises(CurveError, match="the curve is empty .*recorded by an older lrgate: start a new run"):
+        gate_decision(cfg, run, old, cfg.gates.frozen)
