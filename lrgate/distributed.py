@@ -17,10 +17,12 @@ checkpoint a later stage (or a resumed run) could take for finished.
 from __future__ import annotations
 
 import collections
+import contextlib
 import gc
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Callable
@@ -136,10 +138,28 @@ def launch_training(
     return {k: v for k, v in rank0.items() if k not in ("rank", "world_size", "backend")}
 
 
+def descendants(pid: int) -> list[int]:
+    """The live processes below ``pid`` (children, their children, ...), read from ``/proc``; none elsewhere."""
+    children: dict[int, list[int]] = collections.defaultdict(list)
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])  # after "pid (comm) state"
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile
+        children[ppid].append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
 def _run(command: list[str], stderr_path: Path, log: Log) -> tuple[int, str]:
     """Run ``command``, its stdout lines to ``log`` and its stderr to a file; return the exit code and the
     stderr's last lines. The launch stays in this process group, so a Ctrl-C or a kill of the group reaches it;
-    if this process is interrupted it stops the launch (torchrun stops its ranks) before going on, and if it is
+    if this process is interrupted it stops the launch (torchrun stops its ranks; a launch still there after
+    ``STOP_GRACE_S`` is killed with every process below it) before going on, and if it is
     killed outright (SIGKILL, the OOM killer) the kernel sends the launch SIGTERM (:mod:`lrgate.parent_death`).
     That signal follows the *thread* that started the launch: call this from one that outlives it (it waits for
     the launch before it returns: the flow's own thread, as the training stages do)."""
@@ -156,8 +176,12 @@ def _run(command: list[str], stderr_path: Path, log: Log) -> tuple[int, str]:
                 proc.terminate()  # torchrun passes it to its ranks ...
                 try:
                     proc.wait(timeout=STOP_GRACE_S)
-                except subprocess.TimeoutExpired:  # ... unless a rank hangs: then no more waiting
+                except subprocess.TimeoutExpired:  # ... unless a rank hangs: then no more waiting, for any of them
+                    ranks = descendants(proc.pid)  # (found before the launcher dies and they are re-parented)
                     proc.kill()
+                    for pid in ranks:
+                        with contextlib.suppress(ProcessLookupError):
+                            os.kill(pid, signal.SIGKILL)
                     proc.wait()
     with stderr_path.open() as f:
         tail = "".join(collections.deque(f, maxlen=STDERR_TAIL_LINES))

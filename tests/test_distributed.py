@@ -187,3 +187,35 @@ def test_a_launch_stops_when_the_process_that_started_it_is_killed_outright(tmp_
         flow.kill()
         if launch and _alive(launch):
             os.kill(launch, signal.SIGKILL)
+
+
+def test_an_interrupted_launch_whose_ranks_ignore_sigterm_is_killed_with_its_ranks(tmp_path):
+    # A hung rank (stuck in a collective, say) and a launcher that do not stop on SIGTERM: after the grace time the
+    # launcher is killed, and its ranks with it, not left orphaned on the GPUs.
+    pid_file = tmp_path / "rank.pid"
+    deaf = "import os, signal, subprocess, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+    rank = deaf + "print(os.getpid(), flush=True); time.sleep(60)"
+    launch = deaf + f"subprocess.Popen([sys.executable, '-c', {rank!r}]); time.sleep(60)"
+    flow = (
+        "import sys\nfrom pathlib import Path\nimport lrgate.distributed as d\nd.STOP_GRACE_S = 1\n"
+        f"d._run([sys.executable, '-c', {launch!r}], Path({str(tmp_path / 'stderr.log')!r}), "
+        f"lambda line: Path({str(pid_file)!r}).write_text(line))\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", flow], cwd=ROOT, stderr=subprocess.DEVNULL)
+    rank_pid = None
+    try:
+        deadline = time.monotonic() + 60
+        while not pid_file.is_file() or not pid_file.read_text().strip():
+            assert proc.poll() is None and time.monotonic() < deadline, "the rank never started"
+            time.sleep(0.1)
+        rank_pid = int(pid_file.read_text())
+        proc.send_signal(signal.SIGINT)  # a Ctrl-C, or a cancelled flow run, in the flow's process
+        proc.wait(timeout=30)
+        deadline = time.monotonic() + 10
+        while _alive(rank_pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _alive(rank_pid), "the rank outlived its killed launch"
+    finally:
+        proc.kill()
+        if rank_pid and _alive(rank_pid):
+            os.kill(rank_pid, signal.SIGKILL)
