@@ -31,11 +31,13 @@ from prefect.runtime import flow_run
 from prefect.states import Cancelled
 
 from lrgate.config import load_config
+from lrgate.errors import quiet_run_tracebacks
 from lrgate.outputs import write_text
 from lrgate.promotion import promote
 from lrgate.report import metrics_rows, render_report
 from lrgate.run_dir import open_run, run_stamp
 
+quiet_run_tracebacks()  # lrgate's own errors (a curve, a gate, the data) are logged as one line, no stack
 STAGES = ("build-learner", "gate-frozen", "train-frozen", "unfreeze", "gate-unfrozen", "fine-tune", "export")
 
 

@@ -3,6 +3,10 @@
 The CLI turns any of them into one line on stderr and a non-zero exit; anything else is a bug.
 """
 
+from __future__ import annotations
+
+import logging
+
 
 class LrgateError(Exception):
     """Base class: input that lrgate refuses, with a message that says what is wrong and how to fix it."""
@@ -22,3 +26,21 @@ class CurveFileError(LrgateError):
 
 class LearnerStateError(LrgateError):
     """A Learner whose freeze state cannot be used for a range test (for example: every group frozen)."""
+
+
+class WithoutTraceback(logging.Filter):
+    """Keeps a log record whose exception is an :class:`LrgateError`, but drops its traceback: the message says
+    what is wrong, and the stack through Prefect's engine says nothing more. Anything else keeps its traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], LrgateError):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def quiet_run_tracebacks() -> None:
+    """Install :class:`WithoutTraceback` on Prefect's flow-run and task-run loggers (once; the flows call it)."""
+    for name in ("prefect.flow_runs", "prefect.task_runs"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, WithoutTraceback) for f in logger.filters):
+            logger.addFilter(WithoutTraceback())

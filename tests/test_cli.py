@@ -81,3 +81,21 @@ def test_python_dash_m_works_too():
         timeout=60,
     )
     assert out.returncode == 0 and json.loads(out.stdout)["state"] == "frozen"
+
+
+def test_run_logs_keep_a_bugs_traceback_and_drop_lrgates_own():
+    import logging
+
+    from lrgate.errors import CurveError, WithoutTraceback
+
+    def record(exc: Exception) -> logging.LogRecord:
+        try:
+            raise exc
+        except Exception:
+            info = sys.exc_info()
+        return logging.LogRecord("prefect.flow_runs", logging.ERROR, __file__, 1, "failed: %r", (exc,), info)
+
+    ours, bug = record(CurveError("the curve is empty")), record(KeyError("x"))
+    assert WithoutTraceback().filter(ours) and WithoutTraceback().filter(bug)
+    assert ours.exc_info is None and "the curve is empty" in ours.getMessage()
+    assert bug.exc_info is not None and bug.exc_info[0] is KeyError

@@ -170,6 +170,8 @@ def test_a_timeout_follows_its_declared_outcome(prefect_api, tmp_path, gates, co
     proc = start(tiny_config(tmp_path, gates), run_dir)
     got, log = finish(proc)
     assert got == code and expect in log, log[-3000:]
+    if code == 1:  # lrgate's own error: one line in the log and one on stderr, no stack through Prefect's engine
+        assert "Traceback" not in log and "GateTimeout('gate frozen: no review within 2 s" in log
     if code == 3:
         decision = json.loads((run_dir / "gate-frozen" / "decision.json").read_text())
         assert decision["action"] == "approve" and decision["reviewer"] == "timeout"
