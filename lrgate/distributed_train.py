@@ -23,6 +23,7 @@ from fastai.distributed import DistributedDL
 from fastai.torch_core import num_distrib, rank_distrib
 from torch.distributed.elastic.multiprocessing.errors import record
 
+from lrgate import parent_death
 from lrgate.config import RunConfig
 from lrgate.distributed import STAGED_CHECKPOINT
 from lrgate.outputs import write_text
@@ -64,6 +65,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     """Train one rank's share of the stage; rank 0 also saves the weights. Raises whatever the fit raises
     (torchrun then stops the other ranks and exits non-zero)."""
+    parent_death.arm(os.getppid())  # torchrun killed outright: this rank stops too (it has a session of its own)
     args = parse_args(argv)
     cfg = RunConfig.model_validate_json(args.config.read_text())
     saved = json.loads((args.run_dir / RUN_FILE).read_text())

@@ -9,7 +9,9 @@ training on its GPUs. ``PARENT_PID`` closes the race where the parent dies befor
 systems the command is started as it is.
 
 The request is made here, after the fork, rather than in ``subprocess.Popen(preexec_fn=...)``, which is unsafe in a
-process with threads (the Prefect engine has several).
+process with threads (the Prefect engine has several). Each rank makes it too (:func:`arm`, in
+:mod:`lrgate.distributed_train`): torchrun starts its ranks in sessions of their own, so if torchrun itself is
+killed outright nothing else would stop them.
 """
 
 from __future__ import annotations
@@ -27,16 +29,23 @@ def command(parent_pid: int, args: list[str]) -> list[str]:
     return [sys.executable, "-m", "lrgate.parent_death", str(parent_pid), "--", *args]
 
 
-def main(argv: list[str]) -> None:
-    if len(argv) < 3 or argv[1] != "--" or not argv[0].isdigit():
-        raise SystemExit("usage: python -m lrgate.parent_death PARENT_PID -- COMMAND [ARG ...]")
-    parent, args = int(argv[0]), argv[2:]
+def arm(parent_pid: int) -> bool:
+    """Ask for SIGTERM when this process's parent dies (Linux; elsewhere nothing happens). Returns False when
+    ``parent_pid`` is already gone (this process was re-parented before the request: it would never fire)."""
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL(None, use_errno=True)
         if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
             raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
-        if os.getppid() != parent:  # the parent died before the request: it will never fire
-            raise SystemExit(f"lrgate.parent_death: parent {parent} is gone; not starting {args[0]}")
+        return os.getppid() == parent_pid
+    return True
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) < 3 or argv[1] != "--" or not argv[0].isdigit():
+        raise SystemExit("usage: python -m lrgate.parent_death PARENT_PID -- COMMAND [ARG ...]")
+    parent, args = int(argv[0]), argv[2:]
+    if not arm(parent):
+        raise SystemExit(f"lrgate.parent_death: parent {parent} is gone; not starting {args[0]}")
     os.execvp(args[0], args)
 
 

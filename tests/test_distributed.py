@@ -219,3 +219,39 @@ def test_an_interrupted_launch_whose_ranks_ignore_sigterm_is_killed_with_its_ran
         proc.kill()
         if rank_pid and _alive(rank_pid):
             os.kill(rank_pid, signal.SIGKILL)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_rank_stops_when_torchrun_itself_is_killed_outright(tmp_path):
+    # torchrun starts each rank in a session of its own: if torchrun is SIGKILLed, only the rank's own parent-death
+    # request (what lrgate.distributed_train makes first) stops it.
+    pid_file = tmp_path / "rank.pid"
+    script = tmp_path / "rank.py"
+    script.write_text(
+        "import os, time\nfrom pathlib import Path\nfrom lrgate import parent_death\n"
+        "parent_death.arm(os.getppid())\n"
+        f"Path({str(pid_file)!r}).write_text(str(os.getpid()))\ntime.sleep(60)\n"
+    )
+    torchrun = subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1", str(script)],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    rank = None
+    try:
+        deadline = time.monotonic() + 90
+        while not pid_file.is_file() or not pid_file.read_text().strip():
+            assert torchrun.poll() is None and time.monotonic() < deadline, "the rank never started"
+            time.sleep(0.1)
+        rank = int(pid_file.read_text())
+        torchrun.send_signal(signal.SIGKILL)
+        torchrun.wait()
+        deadline = time.monotonic() + 10
+        while _alive(rank) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _alive(rank), "the rank outlived torchrun"
+    finally:
+        torchrun.kill()
+        if rank and _alive(rank):
+            os.kill(rank, signal.SIGKILL)
