@@ -3,6 +3,7 @@ the config field, and the pin on fastai's CUDA-only broadcast that lrgate works 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -158,35 +159,46 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def _gone_within(pid: int, seconds: float = 10) -> bool:
+    deadline = time.monotonic() + seconds
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return not _alive(pid)
+
+
+@contextlib.contextmanager
+def _started(command: list[str], pid_file: Path, what: str, wait_s: float = 90, **popen):
+    """Start ``command``; yield it and the pid it writes to ``pid_file`` (``what`` started); kill both after."""
+    proc = subprocess.Popen(command, cwd=ROOT, **popen)
+    pid = None
+    try:
+        deadline = time.monotonic() + wait_s
+        while not pid_file.is_file() or not pid_file.read_text().strip():
+            assert proc.poll() is None and time.monotonic() < deadline, f"{what} never started"
+            time.sleep(0.1)
+        pid = int(pid_file.read_text())
+        yield proc, pid
+    finally:
+        proc.kill()
+        if pid and _alive(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
 def test_a_launch_stops_when_the_process_that_started_it_is_killed_outright(tmp_path):
     # The flow's process (here a small stand-in that runs the launcher) is SIGKILLed mid launch: no finally runs in
     # it, and without the kernel's parent-death signal its launch would train on, orphaned, for a minute.
     pid_file = tmp_path / "launch.pid"
-    launcher = (
+    flow = (
         "import sys\nfrom pathlib import Path\nfrom lrgate.distributed import _run\n"
         f"_run([sys.executable, '-c', 'import os, time; print(os.getpid(), flush=True); time.sleep(60)'], "
         f"Path({str(tmp_path / 'stderr.log')!r}), lambda line: Path({str(pid_file)!r}).write_text(line))\n"
     )
-    flow = subprocess.Popen([sys.executable, "-c", launcher], cwd=ROOT)
-    launch = None
-    try:
-        deadline = time.monotonic() + 60
-        while not pid_file.is_file() or not pid_file.read_text().strip():
-            assert flow.poll() is None and time.monotonic() < deadline, "the launch never started"
-            time.sleep(0.1)
-        launch = int(pid_file.read_text())
+    with _started([sys.executable, "-c", flow], pid_file, "the launch") as (proc, launch):
         assert _alive(launch)
-        flow.send_signal(signal.SIGKILL)
-        flow.wait()
-        deadline = time.monotonic() + 10
-        while _alive(launch) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert not _alive(launch), "the launch outlived the process that started it"
-    finally:
-        flow.kill()
-        if launch and _alive(launch):
-            os.kill(launch, signal.SIGKILL)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert _gone_within(launch), "the launch outlived the process that started it"
 
 
 def test_an_interrupted_launch_whose_ranks_ignore_sigterm_is_killed_with_its_ranks(tmp_path):
@@ -201,24 +213,10 @@ def test_an_interrupted_launch_whose_ranks_ignore_sigterm_is_killed_with_its_ran
         f"d._run([sys.executable, '-c', {launch!r}], Path({str(tmp_path / 'stderr.log')!r}), "
         f"lambda line: Path({str(pid_file)!r}).write_text(line))\n"
     )
-    proc = subprocess.Popen([sys.executable, "-c", flow], cwd=ROOT, stderr=subprocess.DEVNULL)
-    rank_pid = None
-    try:
-        deadline = time.monotonic() + 60
-        while not pid_file.is_file() or not pid_file.read_text().strip():
-            assert proc.poll() is None and time.monotonic() < deadline, "the rank never started"
-            time.sleep(0.1)
-        rank_pid = int(pid_file.read_text())
+    with _started([sys.executable, "-c", flow], pid_file, "the rank", stderr=subprocess.DEVNULL) as (proc, rank_pid):
         proc.send_signal(signal.SIGINT)  # a Ctrl-C, or a cancelled flow run, in the flow's process
         proc.wait(timeout=30)
-        deadline = time.monotonic() + 10
-        while _alive(rank_pid) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert not _alive(rank_pid), "the rank outlived its killed launch"
-    finally:
-        proc.kill()
-        if rank_pid and _alive(rank_pid):
-            os.kill(rank_pid, signal.SIGKILL)
+        assert _gone_within(rank_pid), "the rank outlived its killed launch"
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
@@ -232,26 +230,9 @@ def test_a_rank_stops_when_torchrun_itself_is_killed_outright(tmp_path):
         "parent_death.arm(os.getppid())\n"
         f"Path({str(pid_file)!r}).write_text(str(os.getpid()))\ntime.sleep(60)\n"
     )
-    torchrun = subprocess.Popen(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1", str(script)],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    rank = None
-    try:
-        deadline = time.monotonic() + 90
-        while not pid_file.is_file() or not pid_file.read_text().strip():
-            assert torchrun.poll() is None and time.monotonic() < deadline, "the rank never started"
-            time.sleep(0.1)
-        rank = int(pid_file.read_text())
-        torchrun.send_signal(signal.SIGKILL)
-        torchrun.wait()
-        deadline = time.monotonic() + 10
-        while _alive(rank) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert not _alive(rank), "the rank outlived torchrun"
-    finally:
-        torchrun.kill()
-        if rank and _alive(rank):
-            os.kill(rank, signal.SIGKILL)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1", str(script)]
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    with _started(torchrun, pid_file, "the rank", **quiet) as (proc, rank):
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert _gone_within(rank), "the rank outlived torchrun"
