@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import json
 import sys
 import time
 from dataclasses import dataclass
@@ -348,9 +347,8 @@ def record_task(name: str, seeds: list[int], all_seeds: list[int], rec: Recorder
 
 def record(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
-    split = json.loads((args.data / efficacy.SPLIT_FILE).read_text())
-    fresh = args.data / efficacy.FRESH_SPLIT_FILE
-    fresh = json.loads(fresh.read_text()) if fresh.exists() else {"tasks": [], "seeds": split["seeds"]}
+    split = efficacy.read_split(args.data)
+    fresh = split.get("fresh") or {"tasks": [], "seeds": split["seeds"]}
     rec = Recorder(args.data, args.work, args.max_minutes)
     for name in args.tasks or split["tasks"] + fresh["tasks"]:
         if name not in TASKS:

@@ -94,10 +94,16 @@ def load_benchmark(folder: str | Path) -> Benchmark:
     for row in ranges.itertuples():
         lrs, losses = read_curve_csv(folder / "curves" / curve_name(row.task, row.seed, row.stage))
         curves[(row.task, int(row.seed), row.stage)] = (np.asarray(lrs, float), np.asarray(losses, float))
+    return Benchmark(grid, ranges, curves, read_split(folder))
+
+
+def read_split(folder: str | Path) -> dict:
+    """``split.json``, with ``split-fresh.json`` (when there) under its key ``fresh``."""
+    folder = Path(folder)
     split = json.loads((folder / SPLIT_FILE).read_text())
     if (folder / FRESH_SPLIT_FILE).exists():
         split["fresh"] = json.loads((folder / FRESH_SPLIT_FILE).read_text())
-    return Benchmark(grid, ranges, curves, split)
+    return split
 
 
 def accuracy_at(curve: pd.Series, lr: float) -> float:
@@ -163,12 +169,23 @@ HINDSIGHT = "fixed lr in hindsight"
 CARRIED = "fixed lr carried over (the first six tasks' hindsight lr)"
 
 
+def _split_accuracies(bench: Benchmark, split: str, stage: str) -> dict[str, pd.Series]:
+    """Each task's grid accuracy at ``stage``, the mean over the split's own seeds of it."""
+    pairs = bench.pairs(split)
+    return {t: mean_accuracy(bench.grid, t, stage, [s for t2, s in pairs if t2 == t]) for t, _ in pairs}
+
+
+def hindsight_lr(bench: Benchmark, split: str, stage: str) -> float:
+    """The single grid lr with the best mean accuracy over the split's curves at ``stage``."""
+    pairs, accs = bench.pairs(split), _split_accuracies(bench, split, stage)
+    grid_lrs = sorted(set().union(*(a.index for a in accs.values())))
+    return max(grid_lrs, key=lambda lr: np.mean([accuracy_at(accs[t], lr) for t, _ in pairs]))
+
+
 def carried_over(bench: Benchmark) -> dict[str, Method]:
     """For the fresh split: the fixed lr a team would carry over to new tasks, the hindsight lr per stage of the
     first six tasks (split ``all``), as an extra method for :func:`score_table`."""
-    table = score_table(bench, "all", extra={})
-    lrs = table[table["method"] == HINDSIGHT].groupby("stage")["lr"].first()
-    return {CARRIED: fixed(float(lrs["frozen"]), float(lrs["unfrozen"]))}
+    return {CARRIED: fixed(hindsight_lr(bench, "all", "frozen"), hindsight_lr(bench, "all", "unfrozen"))}
 
 
 def score_table(bench: Benchmark, split: str = "held_out", extra: dict[str, Method] | None = None) -> pd.DataFrame:
@@ -180,13 +197,11 @@ def score_table(bench: Benchmark, split: str = "held_out", extra: dict[str, Meth
     best mean accuracy over the split.
     """
     pairs = bench.pairs(split)
-    seeds = {t: [s for t2, s in pairs if t2 == t] for t, _ in pairs}
     rows = []
     for stage in STAGES:
-        accs = {t: mean_accuracy(bench.grid, t, stage, seeds[t]) for t in seeds}
+        accs = _split_accuracies(bench, split, stage)
         rules = {**methods(), **(extra or {})}
-        grid_lrs = sorted(set().union(*(a.index for a in accs.values())))
-        best_fixed = max(grid_lrs, key=lambda lr: np.mean([accuracy_at(accs[t], lr) for t, _ in pairs]))
+        best_fixed = hindsight_lr(bench, split, stage)
         rules[HINDSIGHT] = fixed(best_fixed, best_fixed)
         for name, rule in rules.items():
             for task, seed in pairs:

@@ -37,7 +37,7 @@ from lrgate.outputs import write_atomic, write_text
 from lrgate.plot import save_review, save_unread_curve
 from lrgate.range_test import recorded_curve
 from lrgate.run_dir import RunInfo
-from lrgate.suggest import format_choices
+from lrgate.suggest import format_choices, wants_slice
 
 
 class DeviceError(LrgateError):
@@ -229,7 +229,7 @@ def range_test(cfg: RunConfig, run: RunInfo, checkpoint: str, gate: str, log: Lo
             "suggestion": None,
             "error": error,
             "state": state.state,
-            "takes_slice": state.state != "frozen" and state.n_groups > 1,
+            "takes_slice": wants_slice(state.state, state.n_groups),
             "tested_range": tested,
             "plot": str(save_unread_curve(lrs, losses, out / "review.png", title)),
             "curve_csv": str(curve),

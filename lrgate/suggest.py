@@ -388,6 +388,12 @@ def _no_room(reading: CurveReading) -> CurveError:
     )
 
 
+def wants_slice(state: str, n_groups: int | None = None) -> bool:
+    """Whether the stage after a range test in ``state`` trains with a slice: after unfreeze or freeze_to, unless
+    the model has a single parameter group (then one lr)."""
+    return state != "frozen" and n_groups != 1
+
+
 def inflection_rule(reading: CurveReading, want_slice: bool) -> tuple[float, tuple[float, float] | None, list[str]]:
     """The post's rule (the rightmost valid gradient minimum, or a slice from the two rightmost), with a warning
     when the choice is a noise-sized wiggle (:func:`shallow_choice`)."""
@@ -572,7 +578,7 @@ def suggest(
     if margin is None:
         margin = default_margin(method, state)
     reading = read_curve(lrs, losses, state, noise=noise, margin=margin)
-    want_slice = state != "frozen" and n_groups != 1
+    want_slice = wants_slice(state, n_groups)
     lr, slice_, rule_warnings = METHODS[method](reading, want_slice)
     tested = (float(reading.lrs[0]), float(reading.lrs[-1]))
     if slice_ is not None:
