@@ -116,7 +116,7 @@ def prefect_api(tmp_path_factory):
 
 
 TINY_CONFIG = """
-name: tiny
+name: %(name)s
 data: {source: demo, per_class: 12}
 train: {frozen_epochs: 1, unfrozen_epochs: %(unfrozen_epochs)d, batch_size: 16, image_size: 32}
 lr_find: {num_it: 24, end_lr: 1, stop_div: false}
@@ -126,8 +126,9 @@ output_dir: runs
 """
 
 
-def tiny_config(folder: Path, extra: str = "", unfrozen_epochs: int = 1) -> Path:
-    """A pipeline config that trains EfficientNet-Lite0 on 120 digits at 32 px: seconds on a CPU."""
+def tiny_config(folder: Path, extra: str = "", unfrozen_epochs: int = 1, name: str = "tiny") -> Path:
+    """A pipeline config that trains EfficientNet-Lite0 on 120 digits at 32 px: seconds on a CPU. Its ``name``
+    keys its artifacts on the shared test server: a test whose gate artifacts differ uses a name of its own."""
     path = folder / "tiny.yaml"
-    path.write_text(TINY_CONFIG % {"extra": extra, "unfrozen_epochs": unfrozen_epochs})
+    path.write_text(TINY_CONFIG % {"extra": extra, "unfrozen_epochs": unfrozen_epochs, "name": name})
     return path

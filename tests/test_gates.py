@@ -120,7 +120,7 @@ def test_a_manual_gate_whose_curve_cannot_be_read_shows_the_curve_and_takes_an_o
     unreadable = "suggest: {noise: 20}\ngates:\n  frozen: {policy: manual, timeout: 300}\n"
     unreadable += "  unfrozen: {slice: [1e-5, 1e-4]}\n"
     run_dir = tmp_path / "run"
-    proc = start(tiny_config(tmp_path, unreadable), run_dir)
+    proc = start(tiny_config(tmp_path, unreadable, name="tiny-unreadable"), run_dir)
     gate1 = waiting(run_dir, "frozen", proc)
     assert gate1["suggestion"] is None and "needs at least 41 finite points" in gate1["error"]
     assert Path(gate1["plot"]).is_file()  # the recorded curve

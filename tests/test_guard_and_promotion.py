@@ -102,6 +102,6 @@ def test_the_guard_stops_an_unattended_gate_whose_curve_cannot_be_read(prefect_a
 
     guard = "guard: {lr_range: [1.0e-7, 1.0], on_fail: fail}\nsuggest: {noise: 20}\n"  # 41 points needed, 24 recorded
     with pytest.raises(GuardStop, match="gate frozen: the guard stopped the suggestion: the range test cannot be read"):
-        pipeline(str(tiny_config(tmp_path, guard)), str(tmp_path / "run"))
+        pipeline(str(tiny_config(tmp_path, guard, name="tiny-unreadable")), str(tmp_path / "run"))
     assert (tmp_path / "run" / "gate-frozen" / "review.png").is_file()
     assert not (tmp_path / "run" / "metrics-train-frozen.json").exists()

@@ -114,7 +114,7 @@ UNREADABLE = "suggest: {noise: 20}\n"  # the extrema filter needs 41 points; the
 
 def test_an_unattended_gate_whose_curve_cannot_be_read_fails_with_the_reason_and_keeps_the_graph(prefect_api, tmp_path):
     with pytest.raises(CurveError, match=r"gate frozen: noise=20 needs at least 41 finite points, the curve has 24"):
-        pipeline(str(tiny_config(tmp_path, UNREADABLE)), str(tmp_path / "run"))
+        pipeline(str(tiny_config(tmp_path, UNREADABLE, name="tiny-unreadable")), str(tmp_path / "run"))
     gate = tmp_path / "run" / "gate-frozen"
     with Image.open(gate / "review.png") as im:  # the recorded curve, for a person to look at
         assert im.format == "PNG"
