@@ -63,12 +63,13 @@ RANGE_FIELDS = ("task", "seed", "stage", "points", "seconds", "checkpoint_lr")
 
 @dataclass(frozen=True)
 class Task:
-    data: str  # digits | shapes | photos | textures
+    data: str  # digits | shapes | photos | textures | letters
     body: str  # cnn (tiny CNN pretrained on digits 0-4) | lite0 (EfficientNet-Lite0, ImageNet)
     opt: str  # adam | sgd (SGD with momentum 0.9, fastai's default)
     bs: int
     epochs: int = 2  # per stage; short fits make the lr matter, as in a real fine-tune's first epochs
     n_train: int = 400
+    n_valid: int = N_VALID
 
 
 TASKS = {
@@ -83,6 +84,13 @@ TASKS = {
     "textures-lite0-adam-bs64": Task("textures", "lite0", "adam", 64),
     "textures-cnn-sgd-bs64": Task("textures", "cnn", "sgd", 64, epochs=8, n_train=1000),
     "photos-cnn-adam-bs8": Task("photos", "cnn", "adam", 8, epochs=3, n_train=700),
+    # third split (split-third.json): fixed before the race's parameters were chosen. Long stages (1,500 iterations
+    # and more next to a 100-iteration range test), so a race's compressed trials are really compressed, and one
+    # task at two lengths (1 and 5 epochs) to see whether a method follows the best lr as training gets longer.
+    "letters-cnn-sgd-bs32": Task("letters", "cnn", "sgd", 32, epochs=2, n_train=24_000, n_valid=1_000),
+    "letters-cnn-adam-bs64-e1": Task("letters", "cnn", "adam", 64, epochs=1, n_train=20_000, n_valid=1_000),
+    "letters-cnn-adam-bs64-e5": Task("letters", "cnn", "adam", 64, epochs=5, n_train=20_000, n_valid=1_000),
+    "textures-cnn-adam-bs16": Task("textures", "cnn", "adam", 16, epochs=3, n_train=700),
 }
 
 
@@ -152,11 +160,33 @@ def _textures(rng: np.random.Generator, n: int, size: int = 32) -> tuple[np.ndar
     return np.stack(xs), np.array(ys)
 
 
+def _letters(rng: np.random.Generator, n: int, size: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """Ten capital letters in Pillow's bundled font, random size, place, slant and brightness, on a noisy
+    background, grey 16 px: a data set of tens of thousands of small images generated in seconds."""
+    from PIL import ImageFont
+
+    letters = "ABCDEFGHJK"
+    xs, ys = [], []
+    for i in range(n):
+        label = i % len(letters)
+        im = Image.new("L", (20, 20), 0)
+        font = ImageFont.load_default(size=float(rng.uniform(9, 15)))
+        ImageDraw.Draw(im).text(
+            (rng.uniform(0, 8), rng.uniform(-3, 6)), letters[label], fill=int(rng.integers(110, 256)), font=font
+        )
+        im = im.rotate(rng.uniform(-25, 25), resample=Image.BILINEAR).resize((size, size), Image.BILINEAR)
+        grey = np.asarray(im, dtype=np.float32) / 255 + rng.normal(0, 0.2, (size, size))
+        xs.append(np.clip(grey, 0, 1)[None].astype(np.float32))
+        ys.append(label)
+    return np.stack(xs), np.array(ys)
+
+
 def task_data(task: Task) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(x_train, y_train, x_valid, y_valid) shaped for the task's body; the same on every call."""
     rng = np.random.default_rng(1234)
-    n = task.n_train + N_VALID
-    x, y = {"digits": _digits, "shapes": _shapes, "photos": _photos, "textures": _textures}[task.data](rng, n)
+    n = task.n_train + task.n_valid
+    make = {"digits": _digits, "shapes": _shapes, "photos": _photos, "textures": _textures, "letters": _letters}
+    x, y = make[task.data](rng, n)
     order = rng.permutation(len(y))[:n]
     x, y = torch.tensor(x[order], dtype=torch.float32), torch.tensor(y[order])
     if task.body == "lite0":
@@ -348,12 +378,14 @@ def record_task(name: str, seeds: list[int], all_seeds: list[int], rec: Recorder
 def record(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     split = efficacy.read_split(args.data)
-    fresh = split.get("fresh") or {"tasks": [], "seeds": split["seeds"]}
+    seeds_of = {name: split["seeds"] for name in split["tasks"]}
+    for later in efficacy.LATER_SPLITS:  # each later split's tasks, with that split's own seeds
+        seeds_of |= {name: split[later]["seeds"] for name in split.get(later, {}).get("tasks", [])}
     rec = Recorder(args.data, args.work, args.max_minutes)
-    for name in args.tasks or split["tasks"] + fresh["tasks"]:
-        if name not in TASKS:
-            raise SystemExit(f"unknown task {name!r}; known: {', '.join(TASKS)}")
-        seeds = split["seeds"] if name in split["tasks"] else fresh["seeds"]
+    for name in args.tasks or list(seeds_of):
+        if name not in seeds_of:
+            raise SystemExit(f"unknown task {name!r}; known: {', '.join(seeds_of)}")
+        seeds = seeds_of[name]
         if not record_task(name, args.seeds or seeds, seeds, rec):
             print(f"chunk time ({args.max_minutes:g} min) is up: run the same command again to go on")
             return 0
@@ -363,7 +395,7 @@ def record(args: argparse.Namespace) -> int:
 
 def score(args: argparse.Namespace) -> int:
     bench = efficacy.load_benchmark(args.data)
-    extra = efficacy.carried_over(bench) if args.split == "fresh" else None
+    extra = efficacy.carried_over(bench) if args.split in efficacy.LATER_SPLITS else None
     table = efficacy.score_table(bench, args.split, extra=extra)
     print(efficacy.format_table(table, args.split))
     print()
@@ -379,13 +411,13 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     r = sub.add_parser("record", help="train what is missing (resumable)")
     r.add_argument("--max-minutes", type=float, default=100, help="stop starting new trainings after this long")
-    r.add_argument("--tasks", nargs="*", help="only these tasks (default: all in split.json and split-fresh.json)")
+    r.add_argument("--tasks", nargs="*", help="only these tasks (default: every split's, in order)")
     r.add_argument("--seeds", nargs="*", type=int, help="only these seeds")
     r.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     r.add_argument("--work", type=Path, default=WORK, help="checkpoints and lr_find scratch")
     r.set_defaults(run=record)
     s = sub.add_parser("score", help="score every method from the saved data (no training)")
-    s.add_argument("--split", choices=("held_out", "new_tasks", "fresh", "tuning", "all"), default="held_out")
+    s.add_argument("--split", choices=("held_out", "new_tasks", "fresh", "third", "tuning", "all"), default="held_out")
     s.add_argument("--plot", type=Path, help="write the regret plot (PNG) here")
     s.set_defaults(run=score)
     for p in (r, s):

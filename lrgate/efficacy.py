@@ -26,7 +26,11 @@ import pandas as pd
 GRID_FILE = "grid.csv"
 RANGE_FILE = "range_tests.csv"
 SPLIT_FILE = "split.json"
-FRESH_SPLIT_FILE = "split-fresh.json"  # a second held-out split, fixed after the default was chosen
+# Later held-out splits, each fixed in its file before what it judges was chosen: the key it is read under, its file.
+LATER_SPLITS = {
+    "fresh": "split-fresh.json",  # fixed after the 0.2 default was chosen
+    "third": "split-third.json",  # fixed before the race's parameters were chosen
+}
 STAGES = ("frozen", "unfrozen")
 
 
@@ -67,18 +71,23 @@ class Benchmark:
 
     def pairs(self, split: str) -> list[tuple[str, int]]:
         """The (task, seed) curves of ``split``: ``tuning``, ``held_out`` (everything not tuning), ``new_tasks``
-        (the held-out split's whole tasks only), ``all`` (the first six tasks), or ``fresh`` (the tasks of
-        ``split-fresh.json``, recorded after the default was fixed)."""
+        (the held-out split's whole tasks only), ``all`` (the first six tasks), ``fresh`` (the tasks of
+        ``split-fresh.json``, recorded after the default was fixed) or ``third`` (``split-third.json``, recorded
+        after the race's parameters were fixed)."""
         every = [(t, s) for t in self.split["tasks"] for s in self.split["seeds"]]
         tuning = [(t, s) for t in self.split["tuning"]["tasks"] for s in self.split["tuning"]["seeds"]]
         new = [(t, s) for t, s in every if t in self.split["held_out"]["tasks"]]
-        fresh = self.split.get("fresh") or {"tasks": [], "seeds": []}
+        later = {
+            key: [(t, s) for t in self.split[key]["tasks"] for s in self.split[key]["seeds"]]
+            for key in LATER_SPLITS
+            if key in self.split
+        }
         chosen = {
             "all": every,
             "tuning": tuning,
             "held_out": [p for p in every if p not in tuning],
             "new_tasks": new,
-            "fresh": [(t, s) for t in fresh["tasks"] for s in fresh["seeds"]],
+            **later,
         }[split]
         return [(t, s) for t, s in chosen if all((t, s, stage) in self.curves for stage in STAGES)]
 
@@ -98,11 +107,12 @@ def load_benchmark(folder: str | Path) -> Benchmark:
 
 
 def read_split(folder: str | Path) -> dict:
-    """``split.json``, with ``split-fresh.json`` (when there) under its key ``fresh``."""
+    """``split.json``, with each later split's file (when there) under its key of :data:`LATER_SPLITS`."""
     folder = Path(folder)
     split = json.loads((folder / SPLIT_FILE).read_text())
-    if (folder / FRESH_SPLIT_FILE).exists():
-        split["fresh"] = json.loads((folder / FRESH_SPLIT_FILE).read_text())
+    for key, name in LATER_SPLITS.items():
+        if (folder / name).exists():
+            split[key] = json.loads((folder / name).read_text())
     return split
 
 
