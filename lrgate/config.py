@@ -247,17 +247,23 @@ def describe_validation_error(e: ValidationError, path: Path) -> str:
 
 
 def read_yaml_mapping(path: Path, error: type[LrgateError], what: str) -> dict:
-    """The YAML mapping in ``path`` (an empty file is an empty mapping); anything else raises ``error``."""
+    """The YAML mapping in ``path``; an empty file (nothing but comments, say) or anything else raises ``error``.
+
+    An empty file is refused rather than read as all defaults: a config truncated by a failed copy would
+    otherwise start a full default run.
+    """
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise error(f"{path}: no such {what}") from None
     except IsADirectoryError:
         raise error(f"{path}: is a folder, not a YAML file") from None
+    except UnicodeDecodeError:
+        raise error(f"{path}: not a text file (expected a YAML {what})") from None
     except yaml.YAMLError as e:
         raise error(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
     if raw is None:
-        raw = {}
+        raise error(f"{path}: the file is empty: nothing to run (write its fields, or {{}} for all the defaults)")
     if not isinstance(raw, dict):
         raise error(f"{path}: expected a mapping of fields at the top level, got {type(raw).__name__}")
     return raw

@@ -1,8 +1,9 @@
 """Range-test curves as CSV files with a header row ``lr,loss`` (extra columns are ignored).
 
-Checked where they enter: a missing file, a missing column or a value that is not a number is a
-:class:`~lrgate.errors.CurveFileError` naming the file, the line and the column. ``nan`` and ``inf``
-losses are accepted (a diverged test records them); the analysis cuts the curve there.
+Checked where they enter: a missing file, a missing column, a value that is not a number or an lr that is
+not positive is a :class:`~lrgate.errors.CurveFileError` naming the file, the line and the column. ``nan``
+and ``inf`` losses are accepted (a diverged test records them); the analysis cuts the curve there. A UTF-8
+byte-order mark (as spreadsheet programs write) is read past.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ def read_curve_csv(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     """Read ``(lrs, losses)`` from a CSV file with columns ``lr`` and ``loss``."""
     path = Path(path)
     try:
-        with path.open(newline="") as f:
+        with path.open(newline="", encoding="utf-8-sig") as f:  # -sig: a byte-order mark is not part of "lr"
             reader = csv.DictReader(f)
             header = [h.strip() for h in reader.fieldnames or []]
             missing = [c for c in COLUMNS if c not in header]
@@ -45,6 +46,10 @@ def read_curve_csv(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
                         raise CurveFileError(
                             f"{path}, line {reader.line_num}: {column} {text!r} is not a number"
                         ) from None
+                if not (np.isfinite(values[0]) and values[0] > 0):
+                    raise CurveFileError(
+                        f"{path}, line {reader.line_num}: lr {values[0]:g} is not a finite, positive number"
+                    )
                 lrs.append(values[0])
                 losses.append(values[1])
     except FileNotFoundError:

@@ -31,8 +31,20 @@ def test_relative_paths_are_read_against_the_config_folder(tmp_path):
     assert cfg.data.path == tmp_path / "images" and cfg.output_dir == tmp_path / "out"
 
 
-def test_an_empty_file_means_the_defaults(tmp_path):
-    assert load_config(write(tmp_path, "")).name == "lrgate"
+@pytest.mark.parametrize("text", ["", "# nothing but a comment\n"])
+def test_an_empty_file_is_refused_and_braces_mean_the_defaults(tmp_path, text):
+    # An empty file (a failed copy, say) used to start a full run with every default.
+    with pytest.raises(ConfigError, match="the file is empty: nothing to run"):
+        load_config(write(tmp_path, text))
+    assert load_config(write(tmp_path, "{}\n")).name == "lrgate"
+
+
+def test_a_binary_file_is_refused_in_one_line(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xfe")
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    assert str(e.value) == f"{path}: not a text file (expected a YAML config file)"
 
 
 def test_digest_changes_with_the_config(tmp_path):

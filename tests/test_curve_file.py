@@ -49,3 +49,20 @@ def test_missing_file_and_folder_and_binary(tmp_path):
     (tmp_path / "b.csv").write_bytes(b"\xff\xfe\x00\x81binary")
     with pytest.raises(CurveFileError, match="not a text file"):
         read_curve_csv(tmp_path / "b.csv")
+
+
+def test_a_byte_order_mark_is_read_past(tmp_path):
+    # Spreadsheet programs save "CSV UTF-8" with a BOM, which used to hide the lr column ("found lr,loss").
+    path = tmp_path / "c.csv"
+    path.write_bytes("lr,loss\n1e-7,2.5\n2e-7,2.4\n".encode("utf-8-sig"))
+    lrs, losses = read_curve_csv(path)
+    assert lrs.tolist() == [1e-7, 2e-7] and losses.tolist() == [2.5, 2.4]
+
+
+@pytest.mark.parametrize("lr", ["-1e-07", "0", "nan", "inf"])
+def test_an_lr_that_is_not_positive_is_named_as_a_plain_number(tmp_path, lr):
+    path = tmp_path / "c.csv"
+    path.write_text(f"lr,loss\n1e-8,2.5\n{lr},2.4\n")
+    with pytest.raises(CurveFileError) as e:
+        read_curve_csv(path)
+    assert str(e.value) == f"{path}, line 3: lr {float(lr):g} is not a finite, positive number"
