@@ -1,17 +1,25 @@
-"""The forum post's own API, for a notebook: ``find_optimal_lr(learn)`` on a fastai 2.8 Learner."""
+"""The forum post's own API, for a notebook: ``find_optimal_lr(learn)`` on a fastai 2.8 Learner.
+
+Given how long the next stage trains (``epochs=``), both functions also race a handful of candidate lrs around
+the curve rules' picks in short trials of that schedule (:mod:`lrgate.race`) and return the winner; without it
+they read the curve alone.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Callable
 from typing import Literal
 
 import pandas as pd
 from fastai.learner import Learner
 
 from lrgate.learner_state import detect_state
+from lrgate.race import race
+from lrgate.race_plan import rule_picks
 from lrgate.range_test import last_range_test, run_range_test
-from lrgate.suggest import DEFAULT_METHOD, DEFAULT_NOISE, Suggestion, format_choices, suggest
+from lrgate.suggest import DEFAULT_METHOD, DEFAULT_NOISE, SLICE_RATIO, Suggestion, format_choices, suggest
 
 
 def suggest_for_learner(
@@ -25,17 +33,65 @@ def suggest_for_learner(
     num_it: int = 100,
     stop_div: bool = True,
     rerun: bool = False,
+    epochs: float | None = None,
+    budget: float = 1.0,
+    score: str | None = None,
+    log: Callable[[str], None] = print,
 ) -> Suggestion:
-    """Read the Learner's state, run ``lr_find`` unless its last fit was one (or ``rerun``), and suggest.
+    """Read the Learner's state, run ``lr_find`` unless its last fit was one (or ``rerun``), and suggest; with
+    ``epochs``, race candidate lrs in short trials of ``fit_one_cycle(epochs, ...)`` and suggest the winner.
 
-    The state's own warnings (a single-group model, say) come first in the result's ``warnings``.
+    Parameters
+    ----------
+    learn : Learner
+        Any fastai 2.8 Learner; its freeze state is read from its optimizer. It comes back unchanged (the range
+        test and the race restore weights, optimizer, callbacks and random state).
+    noise, margin, method :
+        See :func:`lrgate.suggest.suggest`.
+    start_lr, end_lr, num_it, stop_div :
+        The range test's (``Learner.lr_find``).
+    rerun : bool
+        Run a new range test even if the Learner's last fit was one.
+    epochs : float, optional
+        How long the next stage trains. Given, the race runs; None reads the curve alone.
+    budget : float
+        The race's cost in trainings of that stage (default one; at least two range tests on small data).
+    score : str, optional
+        What the race ranks trials by: ``valid_loss`` or a metric's name; default the Learner's first metric.
+    log : callable
+        Where the race's progress lines go.
+
+    Returns
+    -------
+    Suggestion
+        ``.value`` is the lr or ``slice`` to train with; after a race, ``.race`` holds every trial.
+
+    Examples
+    --------
+    >>> s = suggest_for_learner(learn, epochs=3)  # doctest: +SKIP
+    >>> learn.fit_one_cycle(3, s.value)  # doctest: +SKIP
     """
     state = detect_state(learn)
     curve = None if rerun else last_range_test(learn)
     if curve is None:
         curve = run_range_test(learn, start_lr=start_lr, end_lr=end_lr, num_it=num_it, stop_div=stop_div)
     s = suggest(*curve, state.state, method=method, noise=noise, margin=margin, n_groups=state.n_groups)
-    return dataclasses.replace(s, warnings=state.warnings + s.warnings)
+    s = dataclasses.replace(s, warnings=state.warnings + s.warnings)
+    if epochs is None:
+        return s
+    picks = {s.method: s.lr, **rule_picks(*curve, state.state, noise=s.noise, n_groups=state.n_groups)}
+    ratio = None if s.slice is None else (s.slice[1] / s.slice[0] if s.slice[0] > 0 else SLICE_RATIO)
+    result = race(
+        learn, picks, s.tested_range, epochs=epochs, range_test_iterations=num_it, budget=budget, score=score, log=log
+    )
+    winner = result.winner
+    return dataclasses.replace(
+        s,
+        lr=winner,
+        slice=None if ratio is None else (winner / ratio, winner),
+        race=result,
+        warnings=s.warnings + result.warnings,
+    )
 
 
 def find_optimal_lr(
@@ -48,6 +104,8 @@ def find_optimal_lr(
     method: str = DEFAULT_METHOD,
     show_maxima: bool = False,
     save_plot: str | os.PathLike | None = None,
+    epochs: float | None = None,
+    budget: float = 1.0,
     **range_test: float,
 ) -> float | slice:
     """Suggest an lr (frozen) or a ``slice`` (unfrozen / freeze_to) for ``learn``, print and plot the choices.
@@ -66,6 +124,8 @@ def find_optimal_lr(
         See :func:`lrgate.suggest.suggest`.
     show_maxima : bool
         Mark maxima (green) on the plot.
+    epochs, budget :
+        How long the next stage trains, and the race's cost in trainings of it: see :func:`suggest_for_learner`.
     save_plot : path, optional
         Also write the plot (PNG) and its data (CSV beside it).
     **range_test :
@@ -78,7 +138,9 @@ def find_optimal_lr(
     """
     from lrgate.plot import review_figure, save_review
 
-    s = suggest_for_learner(learn, noise=noise, margin=margin, method=method, **range_test)
+    s = suggest_for_learner(
+        learn, noise=noise, margin=margin, method=method, epochs=epochs, budget=budget, **range_test
+    )
     print(format_choices(s))
     with pd.option_context("display.max_rows", None, "display.width", 120):
         if show_df in ("head", "tail"):

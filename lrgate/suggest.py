@@ -27,13 +27,16 @@ import math
 import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import pandas as pd
 from scipy.signal import argrelextrema
 
 from lrgate.errors import CurveError, ShortCurveError
+
+if TYPE_CHECKING:
+    from lrgate.race_plan import Race
 
 State = Literal["frozen", "freeze_to", "unfrozen"]
 STATES: tuple[State, ...] = ("frozen", "freeze_to", "unfrozen")
@@ -102,6 +105,8 @@ class Suggestion:
     ``lr`` is the learning rate to train with when ``slice`` is None, else the slice's upper end.
     ``gradient_choices`` and ``loss_choices`` are the best valid inflection points of each curve,
     right to left (at most three each). ``warnings`` says in plain words which rule had to fall back.
+    After a race (:mod:`lrgate.race`), ``lr`` and ``slice`` are the race's winner and ``race`` holds its record,
+    with ``method``'s own pick among its ``rule_picks``.
     """
 
     state: State
@@ -118,6 +123,7 @@ class Suggestion:
     turned_up: bool
     warnings: tuple[str, ...]
     frame: pd.DataFrame = field(repr=False, compare=False)
+    race: Race | None = field(default=None, repr=False, compare=False)
 
     @property
     def cutoff_lr(self) -> float:
@@ -131,8 +137,8 @@ class Suggestion:
         return self.lr if self.slice is None else slice(*self.slice)
 
     def to_dict(self) -> dict:
-        """The JSON contract of ``lrgate suggest --json``."""
-        return {
+        """The JSON contract of ``lrgate suggest --json``; after a race, its record under ``race``."""
+        out = {
             "state": self.state,
             "method": self.method,
             "params": {"noise": self.noise, "margin": self.margin},
@@ -143,6 +149,9 @@ class Suggestion:
             "tested_range": list(self.tested_range),
             "warnings": list(self.warnings),
         }
+        if self.race is not None:
+            out["race"] = self.race.to_dict()
+        return out
 
     def describe(self) -> str:
         """The suggestion in a few words, e.g. ``lr = 1.2e-03`` or ``slice(1.0e-05, 1.0e-03)``."""
@@ -621,5 +630,23 @@ def format_choices(s: Suggestion) -> str:
         f"min-loss lr / 10: {s.min_loss_lr_div10:.2e}",
         f"suggestion: {s.describe()}",
     ]
+    if s.race is not None:
+        lines += ["", *format_race(s.race)]
     lines += [f"warning: {w}" for w in s.warnings]
     return "\n".join(lines)
+
+
+def format_race(race: Race) -> list[str]:
+    """The race as text lines: each trial's lr, length and scores by rung, the curve rules' picks, the cost."""
+    lines = [f"race (scored by {race.score}; winner {race.winner:.2e}):"]
+    for t in race.trials:
+        loss = "diverged" if t.diverged else f"valid_loss {t.valid_loss:.4g}"
+        metric = "" if t.metric is None else f"  {race.score} {t.metric:.4g}"
+        mark = "  <- winner" if t.lr == race.winner and t.rung == race.trials[-1].rung else ""
+        lines.append(f"  rung {t.rung}  lr {t.lr:.2e}  {t.iterations:>6} it  {loss}{metric}{mark}")
+    lines.append("  curve rules: " + ", ".join(f"{name} {lr:.2e}" for name, lr in race.rule_picks.items()))
+    lines.append(
+        f"  cost: {race.iterations} iterations, {race.seconds:.1f} s, {race.cost_in_trainings:.2f} trainings "
+        f"of the stage ({race.stage_iterations} it each)"
+    )
+    return lines

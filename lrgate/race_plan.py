@@ -1,0 +1,261 @@
+"""The race's plan and its record, pure: which lrs to try, how long each trial trains, and who won.
+
+A range test reads the curve; the curve cannot say how long the stage trains, and no curve rule transfers from one
+task to the next (README, "Efficacy"). The race adds evidence at a cost the caller sets: a handful of candidate lrs
+spanning where the curve rules disagree, each trained from the same start with the stage's own schedule
+(``fit_one_cycle``) compressed to a budget, kept by successive halving. This module knows neither fastai nor
+Prefect: :mod:`lrgate.race` runs the trials.
+
+Successive halving here restarts each rung from the same weights with a longer compressed schedule (a one-cycle
+schedule cut short is not a shorter one-cycle schedule), rung ``k`` training ``ETA**k`` times as long as rung 0 and
+keeping the best ``1/ETA``. The plan that gives the last rung the longest trials within the budget wins; a trial is
+never longer than the stage's real training (there it is the real training).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from lrgate.errors import LrgateError
+
+ETA = 3  # each rung keeps the best third (rounded up), and trains them three times as long
+STEP_DECADES = 0.5  # candidates lie half a decade apart (the benchmark grid's spacing)...
+MAX_CANDIDATES = 6  # ...unless the curve rules spread wider: then the step widens to keep at most this many
+MIN_CANDIDATES = 4  # rules that agree still get neighbours on both sides
+MIN_TRIAL_ITERATIONS = 8  # below this a trial says nothing about the lr
+RANGE_TESTS_FLOOR = 2.0  # on data so small that one training is shorter, the budget is two range tests
+# The curve rules whose picks set the candidates' span (lrgate's, fastai's); any that cannot read the curve is skipped.
+SPAN_RULES = ("bowl", "inflection", "minimum", "steep", "slide", "valley")
+LOWER_IS_BETTER = ("valid_loss", "error_rate", "top_k_error", "perplexity")
+
+
+class RaceError(LrgateError):
+    """A race that cannot be planned: a bad budget or stage length, or no candidate lr."""
+
+
+@dataclass(frozen=True)
+class Rung:
+    """One round of the race: ``candidates`` trials of ``iterations`` each."""
+
+    candidates: int
+    iterations: int
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The rungs, and what they cost against one training of the stage."""
+
+    rungs: tuple[Rung, ...]
+    stage_iterations: int
+    budget_iterations: int
+
+    @property
+    def iterations(self) -> int:
+        return sum(r.candidates * r.iterations for r in self.rungs)
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One short training: the lr (or the slice's upper end), its length, and how it scored on the validation set."""
+
+    rung: int
+    lr: float
+    iterations: int
+    valid_loss: float
+    metric: float | None
+    seconds: float
+
+    @property
+    def diverged(self) -> bool:
+        return not math.isfinite(self.valid_loss)
+
+
+@dataclass(frozen=True)
+class Race:
+    """The race's record: what was tried, what won, what the curve rules picked, and what it cost.
+
+    ``winner`` is an lr (frozen) or a slice's upper end; with ``ratio`` the slice is ``(winner / ratio, winner)``.
+    """
+
+    candidates: tuple[float, ...]
+    trials: tuple[Trial, ...]
+    winner: float
+    ratio: float | None
+    score: str
+    rule_picks: dict[str, float]
+    stage_iterations: int
+    budget_iterations: int
+    seconds: float
+    warnings: tuple[str, ...] = field(default=())
+
+    @property
+    def iterations(self) -> int:
+        return sum(t.iterations for t in self.trials)
+
+    @property
+    def cost_in_trainings(self) -> float:
+        """Iterations trained, as a share of one training of the stage."""
+        return self.iterations / self.stage_iterations
+
+    @property
+    def value(self) -> float | slice:
+        return self.winner if self.ratio is None else slice(self.winner / self.ratio, self.winner)
+
+    def to_dict(self) -> dict:
+        return {
+            "candidates": list(self.candidates),
+            "trials": [
+                {
+                    "rung": t.rung,
+                    "lr": t.lr,
+                    "iterations": t.iterations,
+                    "valid_loss": t.valid_loss if math.isfinite(t.valid_loss) else None,
+                    "metric": t.metric,
+                    "seconds": t.seconds,
+                }
+                for t in self.trials
+            ],
+            "winner": self.winner,
+            "slice_ratio": self.ratio,
+            "score": self.score,
+            "rule_picks": dict(self.rule_picks),
+            "cost": {
+                "iterations": self.iterations,
+                "seconds": self.seconds,
+                "stage_iterations": self.stage_iterations,
+                "budget_iterations": self.budget_iterations,
+                "trainings": round(self.cost_in_trainings, 3),
+            },
+            "warnings": list(self.warnings),
+        }
+
+
+def budget_iterations(stage_iterations: int, range_test_iterations: int, trainings: float = 1.0) -> int:
+    """The race's budget: ``trainings`` trainings of the stage, or two range tests where that is less.
+
+    Raises
+    ------
+    RaceError
+        A stage or budget that is not positive.
+    """
+    if stage_iterations < 1:
+        raise RaceError(f"the stage trains {stage_iterations} iterations: a race needs at least one")
+    if not trainings > 0:
+        raise RaceError(f"race budget must be a positive number of trainings, got {trainings:g}")
+    return int(max(trainings * stage_iterations, RANGE_TESTS_FLOOR * range_test_iterations))
+
+
+def plan_rungs(n_candidates: int, stage_iterations: int, budget: int, eta: int = ETA) -> Plan:
+    """Successive halving over ``n_candidates`` within ``budget`` iterations; trials at most ``stage_iterations``.
+
+    Among plans with 1, 2, ... rungs (each keeping ``ceil(n / eta)``, at least two in the last rung), the one whose
+    last rung trains longest wins (ties: fewer rungs, so every candidate is seen longer). A budget too small for
+    ``MIN_TRIAL_ITERATIONS`` per trial still gets one rung of that length: the cost then exceeds the budget, and
+    the record says so.
+
+    Examples
+    --------
+    >>> plan_rungs(6, 1500, 1500).rungs
+    (Rung(candidates=6, iterations=125), Rung(candidates=2, iterations=375))
+    >>> plan_rungs(6, 12, 200).rungs  # small data: every candidate trains the stage's full length
+    (Rung(candidates=6, iterations=12),)
+    """
+    if n_candidates < 1:
+        raise RaceError("a race needs at least one candidate lr")
+    best: tuple[int, tuple[Rung, ...]] | None = None
+    counts = [n_candidates]
+    while math.ceil(counts[-1] / eta) >= 2:
+        counts.append(math.ceil(counts[-1] / eta))
+    for n_rungs in range(1, len(counts) + 1):
+        sizes = counts[:n_rungs]
+        # iterations of rung k = base * eta**k, capped at the stage's length
+        weight = sum(c * eta**k for k, c in enumerate(sizes))
+        base = budget // weight
+        rungs = tuple(Rung(c, min(stage_iterations, base * eta**k)) for k, c in enumerate(sizes))
+        if rungs[0].iterations < MIN_TRIAL_ITERATIONS:
+            continue
+        if best is None or rungs[-1].iterations > best[0]:
+            best = (rungs[-1].iterations, rungs)
+    if best is None:
+        best = (0, (Rung(n_candidates, min(stage_iterations, MIN_TRIAL_ITERATIONS)),))
+    return Plan(best[1], stage_iterations, budget)
+
+
+def candidate_lrs(
+    picks: Sequence[float],
+    tested_range: tuple[float, float],
+    *,
+    step: float = STEP_DECADES,
+    max_candidates: int = MAX_CANDIDATES,
+    min_candidates: int = MIN_CANDIDATES,
+) -> tuple[float, ...]:
+    """Log-spaced lrs that span the curve rules' ``picks`` with a neighbour beyond each end, inside ``tested_range``.
+
+    The lattice is anchored on the geometric middle of the picks; its step is ``step`` decades, widened when the
+    picks spread so far that more than ``max_candidates`` would be needed.
+
+    Examples
+    --------
+    >>> [f"{lr:.2g}" for lr in candidate_lrs([1e-3, 1e-2], (1e-7, 10))]
+    ['0.00032', '0.001', '0.0032', '0.01', '0.032']
+    """
+    finite = [p for p in picks if math.isfinite(p) and p > 0]
+    if not finite:
+        raise RaceError("no curve rule gave an lr to race around")
+    lo_test, hi_test = (math.log10(v) for v in tested_range)
+    lo, hi = math.log10(min(finite)), math.log10(max(finite))
+    n = max(min_candidates, math.ceil((hi - lo) / step) + 1 + 2)  # the picks' span plus one neighbour each side
+    if n > max_candidates:
+        n = max_candidates
+        step = (hi - lo) / (n - 3)  # n - 1 steps cover the span and its two neighbours
+    middle = (lo + hi) / 2
+    xs = middle + step * (np.arange(n) - (n - 1) / 2)
+    # Keep the lattice inside the test: shift it (not squeeze it) away from an end it crosses.
+    xs = xs + max(0.0, lo_test - xs[0]) - max(0.0, xs[-1] - hi_test)
+    lrs = np.clip(10 ** np.unique(np.round(xs, 6)), *tested_range)
+    return tuple(float(lr) for lr in np.unique(lrs))
+
+
+def rule_picks(
+    lrs: Sequence[float], losses: Sequence[float], state: str, *, noise: int, n_groups: int | None = None
+) -> dict[str, float]:
+    """Each of :data:`SPAN_RULES`' lr (a slice's upper end) on one curve; a rule that cannot read it is left out."""
+    from lrgate.suggest import CurveError, suggest
+
+    picks = {}
+    for name in SPAN_RULES:
+        try:
+            picks[name] = suggest(lrs, losses, state, method=name, noise=noise, n_groups=n_groups).lr
+        except CurveError:
+            continue
+    return picks
+
+
+def lower_is_better(score: str) -> bool:
+    """True for a loss or an error (``valid_loss``, ``error_rate``, ...), False for a metric such as accuracy."""
+    return score in LOWER_IS_BETTER or score.endswith(("_loss", "error"))
+
+
+def ranking_key(trial: Trial, score: str):
+    """Sort key, best first: finite losses before diverged ones, then the score, then the validation loss."""
+    value = trial.valid_loss if score == "valid_loss" else trial.metric
+    if value is None or not math.isfinite(value) or trial.diverged:
+        return (1, math.inf, math.inf)
+    return (0, value if lower_is_better(score) else -value, trial.valid_loss)
+
+
+def survivors(trials: Sequence[Trial], keep: int, score: str) -> list[float]:
+    """The lrs of the best ``keep`` trials of one rung, best first."""
+    return [t.lr for t in sorted(trials, key=lambda t: ranking_key(t, score))[:keep]]
+
+
+def pick_winner(last_rung: Sequence[Trial], score: str) -> tuple[float, tuple[str, ...]]:
+    """The best trial's lr; when every trial diverged, the lowest lr, with a warning."""
+    if all(ranking_key(t, score)[0] == 1 for t in last_rung):
+        low = min(t.lr for t in last_rung)
+        return low, (f"every candidate's trial diverged or scored no {score}: fell back to the lowest, {low:.2e}",)
+    return survivors(last_rung, 1, score)[0], ()

@@ -1,0 +1,101 @@
+"""The race's plan, pure: candidates that span the curve rules, successive-halving rungs within the budget."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from lrgate.curve_file import read_curve_csv
+from lrgate.race_plan import (
+    MAX_CANDIDATES,
+    MIN_TRIAL_ITERATIONS,
+    RaceError,
+    Trial,
+    budget_iterations,
+    candidate_lrs,
+    pick_winner,
+    plan_rungs,
+    rule_picks,
+    survivors,
+)
+from tests.conftest import EXAMPLE_CURVES
+
+
+def test_a_long_stage_races_six_candidates_then_the_best_two_three_times_longer_within_one_training():
+    plan = plan_rungs(6, 1500, budget_iterations(1500, 100))
+    assert [(r.candidates, r.iterations) for r in plan.rungs] == [(6, 125), (2, 375)]
+    assert plan.iterations == 1500
+
+
+def test_on_small_data_the_budget_is_two_range_tests_and_every_trial_is_the_whole_training():
+    assert budget_iterations(12, 100) == 200
+    plan = plan_rungs(6, 12, 200)
+    assert [(r.candidates, r.iterations) for r in plan.rungs] == [(6, 12)]
+
+
+@pytest.mark.parametrize("n", [1, 2, 4, 6, 9])
+@pytest.mark.parametrize("stage", [10, 60, 400, 1500, 20_000])
+@pytest.mark.parametrize("trainings", [0.25, 1.0, 3.0])
+def test_a_plan_never_trains_longer_than_the_stage_and_stays_in_its_budget(n, stage, trainings):
+    budget = budget_iterations(stage, 100, trainings)
+    plan = plan_rungs(n, stage, budget)
+    assert all(r.iterations <= stage for r in plan.rungs)
+    assert plan.rungs[0].candidates == n
+    assert all(b.candidates == math.ceil(a.candidates / 3) for a, b in zip(plan.rungs, plan.rungs[1:], strict=False))
+    if plan.rungs[0].iterations >= MIN_TRIAL_ITERATIONS and n * MIN_TRIAL_ITERATIONS <= budget:
+        assert plan.iterations <= budget
+
+
+def test_a_bad_budget_is_refused_with_its_value():
+    with pytest.raises(RaceError, match="positive number of trainings, got -1"):
+        budget_iterations(100, 100, -1.0)
+
+
+def test_candidates_span_every_pick_with_a_neighbour_beyond_each_end():
+    picks = [3e-3, 2e-2, 0.4]
+    lrs = candidate_lrs(picks, (1e-7, 10))
+    assert len(lrs) <= MAX_CANDIDATES
+    assert lrs[0] < min(picks) and lrs[-1] > max(picks)
+    assert np.allclose(np.diff(np.log10(lrs)), np.diff(np.log10(lrs))[0])  # evenly spaced in log lr
+
+
+def test_picks_that_agree_still_get_neighbours_and_the_lattice_stays_inside_the_test():
+    lrs = candidate_lrs([5.0, 5.0], (1e-7, 8.0))
+    assert len(lrs) >= 4 and max(lrs) <= 8.0 and min(lrs) < 5.0
+
+
+def test_no_pick_is_refused():
+    with pytest.raises(RaceError, match="no curve rule"):
+        candidate_lrs([float("nan")], (1e-7, 10))
+
+
+def _trial(lr, loss, metric=None):
+    return Trial(0, lr, 10, loss, metric, 0.1)
+
+
+def test_trials_rank_by_the_metric_higher_better_and_by_loss_lower_better():
+    trials = [_trial(1e-3, 0.5, 0.80), _trial(1e-2, 0.4, 0.78), _trial(1e-1, float("nan"), None)]
+    assert survivors(trials, 2, "accuracy") == [1e-3, 1e-2]
+    assert survivors(trials, 2, "valid_loss") == [1e-2, 1e-3]
+    assert survivors(trials, 3, "error_rate")[-1] == 1e-1  # a diverged trial is always last
+
+
+def test_when_every_trial_diverged_the_lowest_lr_wins_with_a_warning():
+    winner, warnings = pick_winner([_trial(1e-1, float("nan")), _trial(1e-2, float("inf"))], "valid_loss")
+    assert winner == 1e-2 and "diverged" in warnings[0]
+
+
+def test_rule_picks_reads_each_rule_and_skips_one_that_cannot(frozen_curve):
+    lrs, losses = frozen_curve
+    picks = rule_picks(lrs, losses, "frozen", noise=3)
+    assert {"bowl", "minimum", "valley"} <= set(picks)
+    assert all(lrs[0] <= lr <= lrs[-1] for lr in picks.values())
+    assert rule_picks(lrs[:8], losses[:8], "frozen", noise=3).keys() < picks.keys()  # too short for some rules
+
+
+@pytest.fixture
+def frozen_curve():
+    lrs, losses = read_curve_csv(EXAMPLE_CURVES / "digits_adam_bs64_frozen.csv")
+    return np.asarray(lrs), np.asarray(losses)
