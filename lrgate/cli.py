@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,6 +23,12 @@ def _suggest(args: argparse.Namespace) -> int:
     from lrgate.suggest import format_choices, suggest
 
     lrs, losses = read_curve_csv(args.curve)
+    if args.plot:
+        for out in (Path(args.plot), Path(args.plot).with_suffix(".csv")):
+            if out.exists() and os.path.samefile(out, args.curve):
+                raise OverInput(
+                    f"--plot {args.plot} would write {out} over the input curve {args.curve}: name the plot otherwise"
+                )
     s = suggest(lrs, losses, args.state, method=args.method, noise=args.noise, margin=args.margin)
     if args.plot:
         from lrgate.plot import save_review
@@ -40,9 +47,10 @@ def _run(args: argparse.Namespace) -> int:
     from lrgate.config import load_config
     from lrgate.run_dir import RUN_FILE
 
-    load_config(args.config)  # a bad config fails here, in one line, before Prefect starts
+    cfg = load_config(args.config)  # a bad config fails here, in one line, before Prefect starts
     if args.resume is not None and not (args.resume / RUN_FILE).is_file():
         raise RunNotFound(f"{args.resume}: not an lrgate run folder (no {RUN_FILE})")
+    check_writable(args.resume or args.out or cfg.output_dir)  # so does a folder it cannot write
     quiet_offline_prefect()
     from lrgate.flows.pipeline import pipeline
 
@@ -57,6 +65,20 @@ def _run(args: argparse.Namespace) -> int:
         print(f"gate {gate}: {d['value']} ({d['action']} by {d['reviewer']}, {d['source']})")
     print(f"report: {summary['report']}\nmodel: {summary['model']}")
     return 0
+
+
+def check_writable(folder: Path) -> None:
+    """Raise :class:`~lrgate.outputs.OutputError` naming ``folder`` if a file cannot be made in it, or in the
+    nearest folder above it that exists (the run creates the rest): read-only, or not this user's to write."""
+    import tempfile
+
+    from lrgate.outputs import writing
+
+    existing = folder.resolve()
+    while not existing.exists():
+        existing = existing.parent
+    with writing(folder), tempfile.TemporaryFile(dir=existing):
+        pass
 
 
 def _fleet(args: argparse.Namespace) -> int:
@@ -134,6 +156,10 @@ def quiet_offline_prefect() -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
+class OverInput(LrgateError):
+    """An output (the plot, or the data beside it) that would be written over the input curve."""
+
+
 class RunNotFound(LrgateError):
     """--resume names a folder that holds no run."""
 
@@ -190,7 +216,11 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"ignore points within this many decades of the upturn (default: {DEFAULT_MARGIN:g}; "
         f"{BOWL_MARGIN:.2f} for {BOWL} on a frozen model)",
     )
-    p.add_argument("--plot", metavar="OUT.png", help="write the review plot here, and its data as OUT.csv")
+    p.add_argument(
+        "--plot",
+        metavar="OUT.png",
+        help="write the review plot here, and its data as OUT.csv (refused if either is CURVE.csv itself)",
+    )
     p.add_argument("--maxima", action="store_true", help="mark maxima (green) on the plot too")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the choices table")
     p.set_defaults(run=_suggest)
@@ -227,7 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     override.add_argument(
         "--slice", type=_parse_slice, metavar="LO,HI", help="train with slice(LO, HI) instead (gate 2)"
     )
-    p.add_argument("--reviewer", help="who decides (default: your user name)")
+    p.add_argument("--reviewer", help="who decides (default: your user name; an empty name is refused)")
     p.set_defaults(run=_approve)
 
     p = commands.add_parser("reject", help="reject a waiting gate: the run stops, with the reason recorded")
@@ -238,11 +268,44 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+# Options that take numbers: a value after them that starts with "-" is that value, not an option.
+NUMBER_OPTIONS = ("--lr", "--slice", "--margin")
+
+
+def attach_negative_values(argv: Sequence[str]) -> list[str]:
+    """``--slice -1e-5,1e-4`` as ``--slice=-1e-5,1e-4``: argparse reads a value that starts with "-" as an option
+    unless it is a plain negative number (``-1``, ``-.5``), so ``-1e-5`` or ``-1e-5,1e-4`` never reached the checks
+    that say what is wrong with it ("expected one argument" instead)."""
+    out: list[str] = []
+    for arg in argv:
+        if out and out[-1] in NUMBER_OPTIONS and re.fullmatch(r"-[0-9.][0-9.eE+,-]*", arg):
+            out[-1] = f"{out[-1]}={arg}"
+        else:
+            out.append(arg)
+    return out
+
+
+def _unplug_stdout() -> None:
+    """After standard output refused a write (a full disk), Python would try the write again at exit and print a
+    traceback: send what is left to /dev/null instead."""
     try:
-        return args.run(args)
+        sys.stdout.flush()
+    except OSError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from lrgate.outputs import writing
+
+    args = build_parser().parse_args(attach_negative_values(sys.argv[1:] if argv is None else argv))
+    try:
+        with writing("standard output"):
+            try:
+                return args.run(args)
+            finally:
+                sys.stdout.flush()  # a full disk under standard output fails here, where it can be said in one line
     except LrgateError as e:
+        _unplug_stdout()
         print(f"lrgate: error: {e}", file=sys.stderr)
         return 1
 

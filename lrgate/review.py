@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import getpass
 import os
+import re
 from typing import Any
 from uuid import UUID
 
@@ -88,6 +89,14 @@ def pending() -> list[dict[str, Any]]:
     return waiting
 
 
+def _short_bounds(reason: str) -> str:
+    """The server names the form's bounds at full precision ("the maximum of 0.5108969774506921"): say them in
+    3 significant digits. Only the message is rounded: the server checked the exact bound."""
+    return re.sub(
+        r"(maximum|minimum) of (-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)", lambda m: f"{m[1]} of {float(m[2]):.3g}", reason
+    )
+
+
 def answer(
     run_id: str,
     *,
@@ -107,6 +116,8 @@ def answer(
         flow_run_id = UUID(run_id)
     except ValueError:
         raise ReviewError(f"{run_id!r} is not a flow run id") from None
+    if reviewer is not None and not reviewer.strip():
+        raise ReviewError("the reviewer is empty: give a name (--reviewer NAME), or leave it out to answer as yourself")
     reviewer = reviewer or getpass.getuser()
     if reject is not None:
         if not reject.strip():
@@ -118,6 +129,9 @@ def answer(
         body = {"reviewer": reviewer, "decision": "approve"}
     if slice_ is not None and slice_[0] > slice_[1]:
         raise ReviewError(f"a slice needs lo <= hi, got {slice_[0]:g},{slice_[1]:g}")
+    if any(v <= 0 for v in (lr, *(slice_ or ())) if v is not None):
+        given = f"lr {lr:g}" if lr is not None else f"slice {slice_[0]:g},{slice_[1]:g}"
+        raise ReviewError(f"learning rates are positive, got {given}")
     with _client() as client:
         try:
             run = client.read_flow_run(flow_run_id)
@@ -145,6 +159,6 @@ def answer(
             body["slice_lo"], body["slice_hi"] = slice_
         response = client.resume_flow_run(flow_run_id, run_input=body)
     if response.status.value != "ACCEPT":
-        reason = (response.details.reason or "refused").replace("\n", " ")
+        reason = _short_bounds((response.details.reason or "refused").replace("\n", " "))
         raise ReviewError(f"the server refused the answer: {reason}")
     return {"gate": info["gate"], **body}

@@ -94,6 +94,9 @@ def test_bad_answers_are_refused_and_the_run_stays_paused_then_a_rejection_stops
     out = lrgate("approve", gate1["run_id"], "--lr", "1e9")
     assert out.returncode == 1 and out.stderr.count("\n") == 1
     assert "the server refused the answer" in out.stderr and "greater than the maximum" in out.stderr
+    # The bound in 3 significant digits, not at full precision (the server's check is exact).
+    hi = json.loads((run_dir / "gate-frozen" / "suggestion.json").read_text())["tested_range"][1]
+    assert f"greater than the maximum of {hi:.3g}" in out.stderr and repr(hi) not in out.stderr
     # The wrong kind of override, and an empty reason: refused before they are sent.
     assert "use --lr" in lrgate("approve", gate1["run_id"], "--slice", "1e-5,1e-3").stderr
     assert "needs a reason" in lrgate("reject", gate1["run_id"], "--reason", " ").stderr
