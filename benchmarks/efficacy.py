@@ -1,7 +1,8 @@
 """Efficacy benchmark, training part: real ``lr_find`` curves and an oracle lr grid for six small transfer tasks.
 
     python benchmarks/efficacy.py record [--max-minutes 100] [--tasks NAME ...]   # resumable, in chunks
-    python benchmarks/efficacy.py score [--split held_out|tuning|all] [--plot FILE]  # seconds, no training
+    python benchmarks/efficacy.py race [--split third] [--budget 1] [--max-minutes 30]  # resumable, in chunks
+    python benchmarks/efficacy.py score [--split held_out|fresh|third|tuning|all] [--plot FILE]  # no training
 
 For each task (data set x pretrained body x optimiser x batch size) and seed it records:
 
@@ -10,6 +11,10 @@ For each task (data set x pretrained body x optimiser x batch size) and seed it 
 3. one frozen checkpoint per task and seed, trained at the task's best frozen grid lr (mean over seeds);
 4. from that checkpoint, ``unfreeze()`` and the unfrozen range test;
 5. the unfrozen grid: ``fit_one_cycle(epochs, slice(hi / 10, hi))`` for every ``hi`` of ``UNFROZEN_GRID``.
+
+``race`` runs lrgate's race (:mod:`lrgate.race`) on each recorded curve, from the same start as that curve's grid,
+at a budget in trainings of the stage, and records its winner and cost in ``races.csv``; scoring looks the winner up
+on the grid like any other method's lr.
 
 Every result is appended to the data files in ``benchmarks/efficacy/`` as soon as it exists (atomic rewrites), and
 a rerun skips what is there: stop it at any time, or give it ``--max-minutes`` and run it again for the next chunk.
@@ -45,11 +50,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # `python benchmarks/efficacy.py` from a checkout: tests.tiny_learners is the tiny CNN
 
 from lrgate import efficacy  # noqa: E402
-from lrgate.curve_file import write_curve_csv  # noqa: E402
+from lrgate.curve_file import read_curve_csv, write_curve_csv  # noqa: E402
 from lrgate.efficientnet_lite0 import INPUT_MEAN, INPUT_STD  # noqa: E402
 from lrgate.models import lite0_model, lite0_splitter  # noqa: E402
 from lrgate.outputs import write_text  # noqa: E402
+from lrgate.race import race_suggestion  # noqa: E402
 from lrgate.range_test import run_range_test  # noqa: E402
+from lrgate.suggest import suggest  # noqa: E402
 from tests.tiny_learners import pretrained_body, three_groups, tiny_cnn  # noqa: E402
 
 DATA = ROOT / "benchmarks" / "efficacy"
@@ -59,6 +66,19 @@ UNFROZEN_GRID = [float(10**e) for e in np.arange(-6, 1.01, 0.5)]  # slice(hi / 1
 N_VALID = 200
 GRID_FIELDS = ("task", "seed", "stage", "lr", "accuracy", "valid_loss", "train_loss", "seconds")
 RANGE_FIELDS = ("task", "seed", "stage", "points", "seconds", "checkpoint_lr")
+RACE_FIELDS = (
+    "task",
+    "seed",
+    "stage",
+    "budget",
+    "score",
+    "winner",
+    "candidates",
+    "iterations",
+    "stage_iterations",
+    "trainings",
+    "seconds",
+)
 
 
 @dataclass(frozen=True)
@@ -375,6 +395,75 @@ def record_task(name: str, seeds: list[int], all_seeds: list[int], rec: Recorder
     return True
 
 
+def race_curve(name: str, seed: int, stage: str, budget: float, data: Path, work: Path) -> dict:
+    """Race on one recorded curve, from the start its grid trained from; the row for ``races.csv``."""
+    ranges = read_rows(data / efficacy.RANGE_FILE)
+    (row,) = [r for r in ranges if r["task"] == name and int(r["seed"]) == seed and r["stage"] == stage]
+    learn = (
+        make_learner(name, seed, work)
+        if stage == "frozen"
+        else start_unfrozen(name, seed, float(row["checkpoint_lr"]), work)
+    )
+    lrs, losses = read_curve_csv(data / "curves" / efficacy.curve_name(name, seed, stage))
+    state = "frozen" if stage == "frozen" else "unfrozen"
+    s = suggest(lrs, losses, state, n_groups=len(learn.opt.param_lists))
+    with learn.no_bar():
+        s = race_suggestion(
+            learn, s, (lrs, losses), epochs=TASKS[name].epochs, range_test_iterations=100, budget=budget, log=noop
+        )
+    r = s.race
+    return {
+        "task": name,
+        "seed": seed,
+        "stage": stage,
+        "budget": f"{budget:g}",
+        "score": r.score,
+        "winner": f"{r.winner:.6g}",
+        "candidates": " ".join(f"{c:.3g}" for c in r.candidates),
+        "iterations": r.iterations,
+        "stage_iterations": r.stage_iterations,
+        "trainings": f"{r.cost_in_trainings:.3f}",
+        "seconds": f"{r.seconds:.2f}",
+    }
+
+
+def noop(_: str) -> None:
+    pass
+
+
+def race(args: argparse.Namespace) -> int:
+    torch.set_num_threads(args.threads)
+    bench = efficacy.load_benchmark(args.data)
+    path = args.data / efficacy.RACE_FILE
+    rows = read_rows(path)
+    deadline = time.monotonic() + 60 * args.max_minutes
+    for budget in args.budget:
+        for name, seed in bench.pairs(args.split):
+            for stage in efficacy.STAGES:
+                done = any(
+                    r["task"] == name
+                    and int(r["seed"]) == seed
+                    and r["stage"] == stage
+                    and float(r["budget"]) == budget
+                    for r in rows
+                )
+                if done:
+                    continue
+                if time.monotonic() > deadline:
+                    print(f"chunk time ({args.max_minutes:g} min) is up: run the same command again to go on")
+                    return 0
+                row = race_curve(name, seed, stage, budget, args.data, args.work)
+                rows.append(row)
+                write_rows(path, RACE_FIELDS, rows)
+                print(
+                    f"{name} s{seed} {stage} budget {budget:g}: winner {row['winner']} "
+                    f"({row['trainings']} trainings, {row['seconds']} s)",
+                    flush=True,
+                )
+    print("all raced")
+    return 0
+
+
 def record(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     split = efficacy.read_split(args.data)
@@ -416,11 +505,18 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     r.add_argument("--work", type=Path, default=WORK, help="checkpoints and lr_find scratch")
     r.set_defaults(run=record)
+    c = sub.add_parser("race", help="run the race on each recorded curve of a split (resumable)")
+    c.add_argument("--split", default="third", help="which curves (default: %(default)s)")
+    c.add_argument("--budget", nargs="*", type=float, default=[1.0], help="budgets in trainings of the stage")
+    c.add_argument("--max-minutes", type=float, default=30, help="stop starting new races after this long")
+    c.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    c.add_argument("--work", type=Path, default=WORK, help="checkpoints and lr_find scratch")
+    c.set_defaults(run=race)
     s = sub.add_parser("score", help="score every method from the saved data (no training)")
     s.add_argument("--split", choices=("held_out", "new_tasks", "fresh", "third", "tuning", "all"), default="held_out")
     s.add_argument("--plot", type=Path, help="write the regret plot (PNG) here")
     s.set_defaults(run=score)
-    for p in (r, s):
+    for p in (r, c, s):
         p.add_argument("--data", type=Path, default=DATA, help="the data files (default: %(default)s)")
     args = parser.parse_args(argv)
     return args.run(args)

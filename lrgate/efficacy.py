@@ -25,6 +25,7 @@ import pandas as pd
 
 GRID_FILE = "grid.csv"
 RANGE_FILE = "range_tests.csv"
+RACE_FILE = "races.csv"  # the race's winner and cost per curve and budget (benchmarks/efficacy.py race)
 SPLIT_FILE = "split.json"
 # Later held-out splits, each fixed in its file before what it judges was chosen: the key it is read under, its file.
 LATER_SPLITS = {

@@ -16,10 +16,9 @@ import pandas as pd
 from fastai.learner import Learner
 
 from lrgate.learner_state import detect_state
-from lrgate.race import race
-from lrgate.race_plan import rule_picks
+from lrgate.race import race_suggestion
 from lrgate.range_test import last_range_test, run_range_test
-from lrgate.suggest import DEFAULT_METHOD, DEFAULT_NOISE, SLICE_RATIO, Suggestion, format_choices, suggest
+from lrgate.suggest import DEFAULT_METHOD, DEFAULT_NOISE, Suggestion, format_choices, suggest
 
 
 def suggest_for_learner(
@@ -79,18 +78,8 @@ def suggest_for_learner(
     s = dataclasses.replace(s, warnings=state.warnings + s.warnings)
     if epochs is None:
         return s
-    picks = {s.method: s.lr, **rule_picks(*curve, state.state, noise=s.noise, n_groups=state.n_groups)}
-    ratio = None if s.slice is None else (s.slice[1] / s.slice[0] if s.slice[0] > 0 else SLICE_RATIO)
-    result = race(
-        learn, picks, s.tested_range, epochs=epochs, range_test_iterations=num_it, budget=budget, score=score, log=log
-    )
-    winner = result.winner
-    return dataclasses.replace(
-        s,
-        lr=winner,
-        slice=None if ratio is None else (winner / ratio, winner),
-        race=result,
-        warnings=s.warnings + result.warnings,
+    return race_suggestion(
+        learn, s, curve, epochs=epochs, range_test_iterations=num_it, budget=budget, score=score, log=log
     )
 
 

@@ -11,6 +11,7 @@ stage that follows trains as it would have without a race.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import random
 import time
@@ -33,8 +34,10 @@ from lrgate.race_plan import (
     pick_winner,
     plan_rungs,
     ranking_key,
+    rule_picks,
     survivors,
 )
+from lrgate.suggest import SLICE_RATIO, Suggestion
 
 Log = Callable[[str], None]
 
@@ -143,7 +146,7 @@ def _set_rng_state(state: tuple) -> None:
 
 def default_score(learn: Learner) -> str:
     """The Learner's first metric (accuracy, say), or ``valid_loss`` when it has none."""
-    names = learn.recorder.metric_names[3:-1] if hasattr(learn, "recorder") else []  # epoch, train, valid, ..., time
+    names = [m.name for m in learn.metrics]
     return str(names[0]) if names else "valid_loss"
 
 
@@ -152,11 +155,11 @@ def run_trial(learn: Learner, value: float | slice, iterations: int, score: str)
     epochs = math.ceil(iterations / len(learn.dls.train))
     with learn.no_logging():
         learn.fit_one_cycle(epochs, value, cbs=CompressedSchedule(iterations))
-    names = list(learn.recorder.metric_names[1:-1])  # train_loss, valid_loss, metrics...
-    values = dict(zip(names, learn.recorder.values[-1], strict=False))
-    loss = float(values.get("valid_loss", float("nan")))
+    # The last epoch's record ends with the validation loss and metrics (a cut epoch drops its train loss).
+    names = ["valid_loss", *(m.name for m in learn.metrics)]
+    values = dict(zip(names, learn.recorder.values[-1][-len(names) :], strict=True))
     metric = None if score == "valid_loss" else values.get(score)
-    return loss, None if metric is None else float(metric)
+    return float(values["valid_loss"]), None if metric is None else float(metric)
 
 
 def race(
@@ -250,6 +253,42 @@ def race(
         f"({result.cost_in_trainings:.2f} trainings of the stage, {result.seconds:.1f} s)"
     )
     return result
+
+
+def race_suggestion(
+    learn: Learner,
+    s: Suggestion,
+    curve: tuple[np.ndarray, np.ndarray],
+    *,
+    epochs: float,
+    range_test_iterations: int,
+    budget: float = 1.0,
+    score: str | None = None,
+    log: Log = print,
+) -> Suggestion:
+    """Race around the curve's suggestion ``s``: every curve rule's pick sets the span; after ``unfreeze`` the
+    slice keeps ``s``'s ratio. Returns ``s`` with the winner as its lr (or slice) and the race as its record."""
+    n_groups = None if learn.opt is None else len(learn.opt.param_lists)
+    picks = {s.method: s.lr, **rule_picks(*curve, s.state, noise=s.noise, n_groups=n_groups)}
+    ratio = None if s.slice is None else (s.slice[1] / s.slice[0] if s.slice[0] > 0 else SLICE_RATIO)
+    result = race(
+        learn,
+        picks,
+        s.tested_range,
+        epochs=epochs,
+        range_test_iterations=range_test_iterations,
+        budget=budget,
+        ratio=ratio,
+        score=score,
+        log=log,
+    )
+    return dataclasses.replace(
+        s,
+        lr=result.winner,
+        slice=None if ratio is None else (result.winner / ratio, result.winner),
+        race=result,
+        warnings=s.warnings + result.warnings,
+    )
 
 
 def _metric_text(score: str, metric: float | None) -> str:

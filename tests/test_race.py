@@ -13,7 +13,7 @@ from fastai.metrics import accuracy
 from torch.utils.data import TensorDataset
 
 from lrgate.notebook import find_optimal_lr, suggest_for_learner
-from lrgate.race import CompressedSchedule
+from lrgate.race import CompressedSchedule, run_trial
 from tests.tiny_learners import tiny_cnn, transfer_learner
 
 pytestmark = pytest.mark.slow
@@ -61,6 +61,14 @@ def test_a_compressed_trial_trains_exactly_its_iterations_over_the_whole_schedul
     assert len(lrs) == n + 3
     assert np.isclose(lrs.max(), 1e-2, rtol=0.05)  # the one-cycle peak is reached...
     assert lrs[-1] < lrs.max() / 20  # ...and the schedule is annealed by the last batch, not cut mid-way
+
+
+def test_a_cut_trial_is_scored_by_its_own_validation(body, tmp_path):
+    learn = transfer_learner(body, path=tmp_path)
+    with learn.no_bar():
+        loss, metric = run_trial(learn, 3e-2, len(learn.dls.train) // 2, "accuracy")  # an epoch cut in half
+        valid_loss, acc = learn.validate()
+    assert np.isclose(loss, valid_loss) and np.isclose(metric, acc)
 
 
 def test_the_race_gives_the_learner_back_exactly_and_a_later_fit_is_the_same_as_without_it(body, tmp_path):
