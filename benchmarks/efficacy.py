@@ -484,7 +484,10 @@ def record(args: argparse.Namespace) -> int:
 
 def score(args: argparse.Namespace) -> int:
     bench = efficacy.load_benchmark(args.data)
-    extra = efficacy.carried_over(bench) if args.split in efficacy.LATER_SPLITS else None
+    extra = dict(efficacy.carried_over(bench)) if args.split in efficacy.LATER_SPLITS else {}
+    extra |= efficacy.race_methods(args.data)
+    for n in args.sweeps:
+        extra[f"Optuna TPE sweep ({n} trainings)"] = efficacy.sweep_method(bench, args.split, n)
     table = efficacy.score_table(bench, args.split, extra=extra)
     print(efficacy.format_table(table, args.split))
     print()
@@ -492,6 +495,10 @@ def score(args: argparse.Namespace) -> int:
     if args.plot:
         efficacy.regret_plot(table, args.plot, title=f"lr suggestions against the oracle grid ({args.split} split)")
         print(f"\nplot: {args.plot}")
+    if args.cost_plot:
+        grid_size = {"frozen": len(FROZEN_GRID), "unfrozen": len(UNFROZEN_GRID)}
+        efficacy.cost_plot(table, args.cost_plot, grid_size, title=f"regret against cost ({args.split} split)")
+        print(f"cost plot: {args.cost_plot}")
     return 0
 
 
@@ -515,6 +522,8 @@ def main(argv: list[str] | None = None) -> int:
     s = sub.add_parser("score", help="score every method from the saved data (no training)")
     s.add_argument("--split", choices=("held_out", "new_tasks", "fresh", "third", "tuning", "all"), default="held_out")
     s.add_argument("--plot", type=Path, help="write the regret plot (PNG) here")
+    s.add_argument("--cost-plot", type=Path, help="write the regret-vs-cost plot (PNG) here")
+    s.add_argument("--sweeps", nargs="*", type=int, default=[3, 8], help="Optuna sweeps of N full trainings")
     s.set_defaults(run=score)
     for p in (r, c, s):
         p.add_argument("--data", type=Path, default=DATA, help="the data files (default: %(default)s)")

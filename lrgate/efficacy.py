@@ -126,6 +126,55 @@ def accuracy_at(curve: pd.Series, lr: float) -> float:
 Method = Callable[[np.ndarray, np.ndarray, str], float]
 
 
+@dataclass(frozen=True)
+class Recorded:
+    """A method whose choices were recorded by training (the race, a sweep): its lr and its cost in trainings of
+    the stage, by ``(task, seed, stage)``."""
+
+    lrs: dict[tuple[str, int, str], float]
+    costs: dict[tuple[str, int, str], float]
+
+    def covers(self, pairs: Iterable[tuple[str, int]]) -> bool:
+        return all((t, s, stage) in self.lrs for t, s in pairs for stage in STAGES)
+
+
+def race_methods(folder: str | Path) -> dict[str, Recorded]:
+    """The races of ``races.csv`` as methods, one per budget: ``race (budget 1)``, ..."""
+    path = Path(folder) / RACE_FILE
+    if not path.exists():
+        return {}
+    races = pd.read_csv(path)
+    out = {}
+    for budget, rows in races.groupby("budget"):
+        keys = list(zip(rows["task"], rows["seed"].astype(int), rows["stage"], strict=True))
+        out[f"race (budget {budget:g})"] = Recorded(
+            dict(zip(keys, rows["winner"].astype(float), strict=True)),
+            dict(zip(keys, rows["trainings"].astype(float), strict=True)),
+        )
+    return out
+
+
+def sweep_method(bench: Benchmark, split: str, n_trials: int, seed: int = 0) -> Recorded:
+    """What a user would run instead of a gate: an Optuna TPE sweep of ``n_trials`` full trainings per curve over
+    log lr, each trial's accuracy read from that seed's own grid (interpolated), the best trial's lr kept."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    lrs, costs = {}, {}
+    for task, s in bench.pairs(split):
+        for stage in STAGES:
+            own = mean_accuracy(bench.grid, task, stage, [s])
+            lo, hi = float(own.index.min()), float(own.index.max())
+            study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed))
+            study.optimize(
+                lambda t, own=own, lo=lo, hi=hi: accuracy_at(own, t.suggest_float("lr", lo, hi, log=True)),
+                n_trials=n_trials,
+            )
+            lrs[(task, s, stage)] = float(study.best_params["lr"])
+            costs[(task, s, stage)] = float(n_trials)
+    return Recorded(lrs, costs)
+
+
 def lrgate_method(name: str) -> Method:
     """A method of :data:`lrgate.suggest.METHODS` as lrgate runs it (cutoff, fallbacks; slice -> its upper end)."""
     from lrgate.suggest import suggest
@@ -199,8 +248,12 @@ def carried_over(bench: Benchmark) -> dict[str, Method]:
     return {CARRIED: fixed(hindsight_lr(bench, "all", "frozen"), hindsight_lr(bench, "all", "unfrozen"))}
 
 
-def score_table(bench: Benchmark, split: str = "held_out", extra: dict[str, Method] | None = None) -> pd.DataFrame:
-    """One row per method, stage, task and seed: the lr it chose, the accuracy there, the regret in points.
+def score_table(
+    bench: Benchmark, split: str = "held_out", extra: dict[str, Method | Recorded] | None = None
+) -> pd.DataFrame:
+    """One row per method, stage, task and seed: the lr it chose, the accuracy there, the regret in points, and
+    the cost in trainings of the stage beyond the range test (0 for a curve rule; a :class:`Recorded` method's
+    own; the grid's size for the oracle).
 
     A task's accuracy is the mean over the split's own seeds of it, so no score of one split rests on another's
     trainings. A curve a method cannot read (it raises, or gives no finite positive lr) counts as the task's worst
@@ -211,17 +264,24 @@ def score_table(bench: Benchmark, split: str = "held_out", extra: dict[str, Meth
     rows = []
     for stage in STAGES:
         accs = _split_accuracies(bench, split, stage)
-        rules = {**methods(), **(extra or {})}
+        rules = {
+            **methods(),
+            **{k: v for k, v in (extra or {}).items() if not isinstance(v, Recorded) or v.covers(pairs)},
+        }
         best_fixed = hindsight_lr(bench, split, stage)
         rules[HINDSIGHT] = fixed(best_fixed, best_fixed)
         for name, rule in rules.items():
             for task, seed in pairs:
                 acc = accs[task]
                 lrs, losses = bench.curves[(task, seed, stage)]
-                try:
-                    lr = float(rule(lrs, losses, stage))
-                except Exception:  # noqa: BLE001  (any rule's failure is a failed gate, scored as such)
-                    lr = float("nan")
+                cost = 0.0
+                if isinstance(rule, Recorded):
+                    lr, cost = rule.lrs[(task, seed, stage)], rule.costs[(task, seed, stage)]
+                else:
+                    try:
+                        lr = float(rule(lrs, losses, stage))
+                    except Exception:  # noqa: BLE001  (any rule's failure is a failed gate, scored as such)
+                        lr = float("nan")
                 score = accuracy_at(acc, lr) if np.isfinite(lr) and lr > 0 else float(acc.min())
                 rows.append(
                     {
@@ -233,17 +293,23 @@ def score_table(bench: Benchmark, split: str = "held_out", extra: dict[str, Meth
                         "accuracy": score,
                         "regret": 100 * (float(acc.max()) - score),
                         "best_lr": float(acc.idxmax()),
+                        "cost": cost,
                     }
                 )
     return pd.DataFrame(rows)
 
 
 def summary(table: pd.DataFrame) -> pd.DataFrame:
-    """Mean, median and worst regret (accuracy points) per method and stage, methods in the table's order."""
+    """Mean, median and worst regret (accuracy points) and median cost (trainings of the stage beyond the range
+    test) per method and stage, methods in the table's order."""
     order = list(dict.fromkeys(table["method"]))
-    out = table.groupby(["method", "stage"])["regret"].agg(["mean", "median", "max"]).unstack("stage")
-    out.columns = [f"{stage} {stat.replace('max', 'worst')}" for stat, stage in out.columns]
-    cols = [f"{stage} {stat}" for stage in STAGES for stat in ("mean", "median", "worst")]
+    table = table.assign(cost=table["cost"]) if "cost" in table else table.assign(cost=0.0)
+    out = table.groupby(["method", "stage"]).agg(
+        mean=("regret", "mean"), median=("regret", "median"), worst=("regret", "max"), cost=("cost", "median")
+    )
+    out = out.unstack("stage")
+    out.columns = [f"{stage} {stat}" for stat, stage in out.columns]
+    cols = [f"{stage} {stat}" for stage in STAGES for stat in ("mean", "median", "worst", "cost")]
     return out.loc[order, cols]
 
 
@@ -259,6 +325,11 @@ def format_table(table: pd.DataFrame, split: str) -> str:
         "|---|" + "---:|" * len(s.columns),
     ]
     lines += [f"| {name} | " + " | ".join(f"{v:.1f}" for v in row) + " |" for name, row in s.iterrows()]
+    lines += [
+        "",
+        "cost: median trainings of the stage beyond the range test (the race's own record; a sweep's "
+        "trial count); the oracle grid costs one training per grid lr",
+    ]
     hind = table[table["method"] == HINDSIGHT].groupby("stage")["lr"].first()
     lines += ["", "fixed lr in hindsight: " + ", ".join(f"{st} {hind[st]:.2g}" for st in STAGES if st in hind)]
     best = table.drop_duplicates(["task", "stage"]).pivot(index="task", columns="stage", values="best_lr")
@@ -312,6 +383,40 @@ def regret_plot(table: pd.DataFrame, path: str | Path, title: str = "") -> Path:
         ax.grid(axis="x", alpha=0.3)
     axes[0].set_yticks(y, s.index)
     axes[-1].legend(loc="lower right")
+    if title:
+        fig.suptitle(title)
+    return write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=110))
+
+
+def cost_plot(table: pd.DataFrame, path: str | Path, grid_size: dict[str, int], title: str = "") -> Path:
+    """Mean regret against median cost in trainings of the stage, one panel per stage; the oracle grid at zero
+    regret and its size. Written atomically as PNG."""
+    from matplotlib.figure import Figure
+
+    from lrgate.outputs import write_atomic
+
+    s = summary(table)
+    fig = Figure(figsize=(12, 5), layout="constrained")
+    axes = fig.subplots(1, len(STAGES), sharey=True)
+    for ax, stage in zip(axes, STAGES, strict=True):
+        for name, row in s.iterrows():
+            kind = "tab:green" if name.startswith("race") else "tab:purple" if "sweep" in name else "tab:blue"
+            ax.plot(row[f"{stage} cost"], row[f"{stage} mean"], "o", color=kind)
+            ax.annotate(
+                name,
+                (row[f"{stage} cost"], row[f"{stage} mean"]),
+                fontsize=7,
+                xytext=(4, 2),
+                textcoords="offset points",
+            )
+        ax.plot(grid_size[stage], 0, "s", color="black")
+        ax.annotate("oracle grid", (grid_size[stage], 0), fontsize=7, xytext=(4, 4), textcoords="offset points")
+        ax.axhline(1, color="tab:red", lw=0.8, ls="--")
+        ax.set_xscale("symlog", linthresh=1)
+        ax.set_xlabel("median cost: trainings of the stage beyond the range test")
+        ax.set_title(f"{stage} stage")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("mean accuracy regret (points); dashed: the target")
     if title:
         fig.suptitle(title)
     return write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=110))

@@ -15,6 +15,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from lrgate.outputs import write_atomic
+from lrgate.race_plan import Race, Trial, lower_is_better
 from lrgate.suggest import Suggestion, warmup_points
 
 LOSS_COLOR, GRAD_COLOR = "tab:blue", "tab:orange"
@@ -32,8 +33,25 @@ def review_figure(s: Suggestion, *, show_maxima: bool = False) -> Figure:
     """Draw the review plot of ``s`` and return the figure (display it, or save it with :func:`save_review`)."""
     df = s.frame
     lrs = df["lrs"].to_numpy()
-    fig = Figure(figsize=(9, 5.4), dpi=110, layout="constrained")
-    ax = fig.add_subplot()
+    if s.race is None:
+        fig = Figure(figsize=(9, 5.4), dpi=110, layout="constrained")
+        ax = fig.add_subplot()
+    else:
+        fig = Figure(figsize=(9, 8.4), dpi=110, layout="constrained")
+        ax, ax_race = fig.subplots(2, 1, sharex=True, height_ratios=(3, 2))
+        race_panel(ax_race, s.race)
+        for name, lr in s.race.rule_picks.items():
+            ax.axvline(lr, color="0.6", lw=0.8, ls=(0, (2, 2)))
+            ax.annotate(
+                name,
+                (lr, 1.0),
+                xycoords=("data", "axes fraction"),
+                fontsize=7,
+                rotation=90,
+                va="top",
+                ha="right",
+                color="0.4",
+            )
     ax_grad = ax.twinx()
 
     ax.plot(lrs, df["loss"], color=LOSS_COLOR, lw=1.8, label="loss (smoothed)")
@@ -64,12 +82,14 @@ def review_figure(s: Suggestion, *, show_maxima: bool = False) -> Figure:
     ax_grad.set_ylim(*_limits(head["loss_grad"].to_numpy()))
     ax.set_xscale("log")
     ax.set_xlim(lrs[0], lrs[-1])
-    ax.set_xlabel("learning rate (log scale)")
+    if s.race is None:
+        ax.set_xlabel("learning rate (log scale)")
     ax.set_ylabel("loss", color=LOSS_COLOR)
     ax_grad.set_ylabel("d loss / d log10(lr)", color=GRAD_COLOR)
     ax.grid(True, which="major", alpha=0.3)
 
-    title = f"{s.state}: {s.describe()}   [{s.method}, noise {s.noise}]"
+    how = f"race of {len(s.race.candidates)} around the curve rules (dotted)" if s.race else s.method
+    title = f"{s.state}: {s.describe()}   [{how}, noise {s.noise}]"
     if s.warnings:
         title += f"\n{len(s.warnings)} warning(s): {s.warnings[0]}" + (" ..." if len(s.warnings) > 1 else "")
     ax.set_title(title, fontsize=10, loc="left", wrap=True)
@@ -77,6 +97,63 @@ def review_figure(s: Suggestion, *, show_maxima: bool = False) -> Figure:
     grad_handles, grad_labels = ax_grad.get_legend_handles_labels()
     fig.legend(handles + grad_handles, labels + grad_labels, loc="outside lower center", ncols=4, fontsize=8)
     return fig
+
+
+def race_panel(ax, race: Race) -> None:
+    """The race under the curve: each trial's score against its lr, one marker per rung, the winner ringed."""
+    lower = lower_is_better(race.score)
+    for rung in sorted({t.rung for t in race.trials}):
+        trials = [t for t in race.trials if t.rung == rung]
+        length = trials[0].iterations
+        ok = [t for t in trials if _shown(t, race.score) is not None]
+        ax.plot(
+            [t.lr for t in ok],
+            [_shown(t, race.score) for t in ok],
+            marker="o",
+            ms=6,
+            lw=1,
+            label=f"rung {rung}: {len(trials)} x {length} it",
+        )
+        for t in trials:
+            if _shown(t, race.score) is None:
+                ax.annotate(
+                    "diverged",
+                    (t.lr, 0.02),
+                    xycoords=("data", "axes fraction"),
+                    fontsize=7,
+                    rotation=90,
+                    ha="center",
+                    va="bottom",
+                    color="tab:red",
+                )
+    best = [t for t in race.trials if t.lr == race.winner and t.rung == race.trials[-1].rung]
+    if best and _shown(best[0], race.score) is not None:
+        ax.plot(
+            race.winner,
+            _shown(best[0], race.score),
+            "o",
+            ms=14,
+            mfc="none",
+            mec="black",
+            mew=2,
+            label=f"winner {race.winner:.1e}",
+        )
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate (log scale)")
+    ax.set_ylabel(f"{race.score} after the trial" + (" (lower is better)" if lower else " (higher is better)"))
+    ax.set_title(
+        f"race: {race.iterations} iterations = {race.cost_in_trainings:.2f} trainings of the stage "
+        f"({race.stage_iterations} it), {race.seconds:.0f} s",
+        fontsize=9,
+        loc="left",
+    )
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(loc="best", fontsize=8)
+
+
+def _shown(t: Trial, score: str) -> float | None:
+    value = t.valid_loss if score == "valid_loss" else t.metric
+    return None if value is None or not np.isfinite(value) or t.diverged else value
 
 
 def save_review(
