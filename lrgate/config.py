@@ -176,6 +176,17 @@ class GuardConfig(Strict):
         return self
 
 
+class RaceConfig(Strict):
+    """The race after each range test (:mod:`lrgate.race`): candidate lrs around the curve rules' picks, trained
+    in short trials of the stage's own ``fit_one_cycle`` and kept by successive halving. ``race: off`` reads
+    the curve alone (``suggest.method``)."""
+
+    # the race's cost in trainings of the stage (at least two range tests on data where one training is shorter)
+    budget: float = Field(1.0, gt=0, le=20, allow_inf_nan=False)
+    # what ranks the trials: valid_loss or a metric's name; None: promotion.metric (accuracy by default)
+    score: str | None = None
+
+
 class PromotionConfig(Strict):
     """The config's ``latest`` model moves to a new run only when its metric is no worse than the current one's
     minus ``tolerance`` (for a loss: plus)."""
@@ -202,6 +213,7 @@ class RunConfig(Strict):
     train: TrainConfig = TrainConfig()
     lr_find: LrFindConfig = LrFindConfig()
     suggest: SuggestConfig = SuggestConfig()
+    race: RaceConfig | None = RaceConfig()
     gates: GatesConfig = GatesConfig()
     guard: GuardConfig | None = None
     promotion: PromotionConfig = PromotionConfig()
@@ -210,6 +222,16 @@ class RunConfig(Strict):
     precision: Literal["fp32", "fp16", "bf16"] = "fp32"
     seed: int = 42
     output_dir: Path = Path("runs")
+
+    @field_validator("race", mode="before")
+    @classmethod
+    def _race_off(cls, race: object) -> object:
+        # YAML reads `race: off` as False
+        if race is False or (isinstance(race, str) and race.lower() == "off"):
+            return None
+        if race is None or race is True or race == "on":
+            return {}
+        return race
 
     @model_validator(mode="after")
     def _nccl_needs_cuda(self) -> RunConfig:

@@ -77,6 +77,9 @@ def test_digest_changes_with_the_config(tmp_path):
         ("name: My Run\n", "name: String should match pattern"),
         ("- just\n- a list\n", "expected a mapping"),
         ("train: {batch_size: [\n", "not valid YAML"),
+        ("race: {budget: 0}\n", "race.budget: Input should be greater than 0"),
+        ("race: {budjet: 2}\n", "race.budjet: unknown field"),
+        ("race: sometimes\n", "race: "),
     ],
 )
 def test_bad_fields_are_named_with_the_file(tmp_path, text, message):
@@ -84,6 +87,12 @@ def test_bad_fields_are_named_with_the_file(tmp_path, text, message):
     with pytest.raises(ConfigError) as e:
         load_config(path)
     assert str(path) in str(e.value) and message in str(e.value)
+
+
+@pytest.mark.parametrize(("text", "raced"), [("{}\n", True), ("race: off\n", False), ("race: {budget: 2}\n", True)])
+def test_the_race_is_on_by_default_and_off_says_so(tmp_path, text, raced):
+    cfg = load_config(write(tmp_path, text))
+    assert (cfg.race is not None) is raced
 
 
 def test_missing_config_file(tmp_path):
