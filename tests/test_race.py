@@ -10,6 +10,8 @@ from fastai.data.load import DataLoader
 from fastai.learner import Learner
 from fastai.losses import CrossEntropyLossFlat
 from fastai.metrics import accuracy
+from fastai.torch_core import params, set_seed
+from torch import nn
 from torch.utils.data import TensorDataset
 
 from lrgate.notebook import find_optimal_lr, suggest_for_learner
@@ -45,7 +47,7 @@ def _assert_same(a: dict, b: dict) -> None:
             assert torch.equal(sa[k], sb[k]) if torch.is_tensor(sa[k]) else sa[k] == sb[k], k
     for key in ("hypers", "frozen_idx", "requires_grad", "recorder", "training"):
         assert a[key] == b[key], key
-    assert [id(cb) for cb in a["cbs"]] == [id(cb) for cb in b["cbs"]]
+    assert [(type(cb).__name__, id(cb)) for cb in a["cbs"]] == [(type(cb).__name__, id(cb)) for cb in b["cbs"]]
 
 
 def test_a_compressed_trial_trains_exactly_its_iterations_over_the_whole_schedule(body, tmp_path):
@@ -120,6 +122,47 @@ def test_a_plain_tensor_dataset_learner_races_and_scores_by_its_loss_without_met
     with learn.no_bar():
         s = suggest_for_learner(learn, epochs=1, log=lambda _: None)
     assert s.race.score == "valid_loss" and isinstance(s.value, float)
+
+
+class TinyTextClassifier(nn.Module):
+    """Token ids -> embedding -> LSTM -> head: a text model, with a splitter of its own."""
+
+    def __init__(self, vocab: int = 20, n_out: int = 2) -> None:
+        super().__init__()
+        self.embed, self.lstm, self.head = (
+            nn.Embedding(vocab, 16),
+            nn.LSTM(16, 16, batch_first=True),
+            nn.Linear(16, n_out),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out, _ = self.lstm(self.embed(x))
+        return self.head(out[:, -1])
+
+
+def test_a_text_model_with_its_own_splitter_races_frozen_and_comes_back_unchanged(tmp_path):
+    set_seed(0, reproducible=True)
+    x = torch.randint(0, 20, (320, 12))
+    y = (x == 3).any(1).long()  # does the sequence hold token 3?
+    dls = DataLoaders(
+        DataLoader(TensorDataset(x[:256], y[:256]), bs=32, shuffle=True),
+        DataLoader(TensorDataset(x[256:], y[256:]), bs=64),
+    )
+    learn = Learner(
+        dls,
+        TinyTextClassifier(),
+        loss_func=CrossEntropyLossFlat(),
+        metrics=accuracy,
+        splitter=lambda m: [params(m.embed), params(m.lstm), params(m.head)],
+        path=tmp_path,
+    )
+    learn.freeze()
+    with learn.no_bar():
+        suggest_for_learner(learn)
+        before = _state(learn)
+        s = suggest_for_learner(learn, epochs=2, log=lambda _: None)
+        _assert_same(before, _state(learn))
+    assert s.state == "frozen" and isinstance(s.value, float) and s.race.score == "accuracy"
 
 
 def test_find_optimal_lr_races_when_told_the_epochs_and_prints_the_race(body, tmp_path, capsys):
