@@ -60,7 +60,9 @@ def pipeline(config: str, out: str | None = None) -> dict[str, Any]:
     trainings: list[dict[str, Any]] = []
 
     def stage(name: str, t, *args) -> dict[str, Any]:
-        state = cached(t, run, name)(cfg, run, *args, return_state=True)
+        # once a stage ran (was not Cached), the stages after it run too: they start from its new outputs
+        redo = any(s != "Cached" for s in states.values())
+        state = cached(t, run, name, redo)(cfg, run, *args, return_state=True)
         result = state.result()  # raises, and fails the flow, if the stage failed
         states[name] = state.name
         update_progress_artifact(progress, 100.0 * len(states) / len(STAGES))

@@ -9,6 +9,7 @@ into the run folder, atomically. That is what lets a killed run resume from its 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -33,7 +34,7 @@ from lrgate.errors import CurveError, LrgateError, ShortCurveError
 from lrgate.learner_state import detect_state
 from lrgate.models import build_learner
 from lrgate.notebook import suggest_for_learner
-from lrgate.outputs import write_atomic, write_text
+from lrgate.outputs import file_digest, write_atomic, write_text
 from lrgate.plot import save_review, save_unread_curve
 from lrgate.range_test import recorded_curve
 from lrgate.run_dir import RunInfo
@@ -157,6 +158,12 @@ def save_checkpoint(learn: Learner, path: Path) -> Path:
     return write_atomic(path, lambda f: torch.save(state, f))
 
 
+def written(*paths: Path) -> dict[str, dict[str, str | int]]:
+    """The ``files`` of a stage's record: each file the stage wrote, with its sha256 and size, so a resume redoes
+    the stage when one has changed since (a truncated or corrupted checkpoint)."""
+    return {str(p): file_digest(p) for p in paths}
+
+
 def restore_checkpoint(learn: Learner, path: str | os.PathLike) -> None:
     state = torch.load(path, map_location="cpu", weights_only=True)
     learn.model.load_state_dict(state["model"])
@@ -175,6 +182,7 @@ def build_initial(cfg: RunConfig, run: RunInfo, log: Log = print) -> dict[str, A
     device = resolve_device(cfg.device)
     return {
         "checkpoint": str(path),
+        "files": written(path),
         "state": state.state,
         "n_groups": state.n_groups,
         "device": device,
@@ -214,6 +222,10 @@ def range_test(cfg: RunConfig, run: RunInfo, checkpoint: str, gate: str, log: Lo
         # goes on, a person may override or reject, an unattended gate without a guard stops the run).
         s, error = None, str(e)
         log(f"gate {gate}: the range test cannot be read: {e}")
+    finally:
+        # lr_find saves and removes its temporary weights there, and leaves the folder behind: remove it if empty
+        with contextlib.suppress(OSError):
+            (learn.path / learn.model_dir).rmdir()
     seconds = round(time.perf_counter() - started, 2)
     out = _gate_dir(run, gate)
     lrs, losses = recorded_curve(learn)
@@ -269,7 +281,7 @@ def train(
         learn = make_learner(cfg, run, checkpoint, log=log)
         fitted = fit(learn, cfg, value, stage, log)
         save_checkpoint(learn, out)
-    metrics = {"stage": stage, "checkpoint": str(out), **fitted}
+    metrics = {"stage": stage, "checkpoint": str(out), "files": written(out), **fitted}
     write_text(run.path(f"metrics-{stage}.json"), json.dumps(metrics, indent=2))
     return metrics
 
@@ -316,7 +328,7 @@ def unfreeze(cfg: RunConfig, run: RunInfo, checkpoint: str) -> dict[str, Any]:
         learn.freeze_to(cfg.train.unfreeze)
     state = detect_state(learn)
     path = save_checkpoint(learn, run.path("checkpoints/2-unfrozen.pth"))
-    return {"checkpoint": str(path), "state": state.state, "frozen_groups": state.frozen_groups}
+    return {"checkpoint": str(path), "files": written(path), "state": state.state, "frozen_groups": state.frozen_groups}
 
 
 def export(cfg: RunConfig, run: RunInfo, checkpoint: str) -> dict[str, Any]:
@@ -327,4 +339,4 @@ def export(cfg: RunConfig, run: RunInfo, checkpoint: str) -> dict[str, Any]:
     tmp = final.with_name(".model.pkl.part")
     learn.export(tmp)
     os.replace(tmp, final)
-    return {"model": str(final), "classes": list(learn.dls.vocab)}
+    return {"model": str(final), "files": written(final), "classes": list(learn.dls.vocab)}

@@ -28,12 +28,13 @@ from prefect.concurrency.asyncio import ConcurrencySlotAcquisitionError
 from prefect.concurrency.sync import concurrency
 from prefect.exceptions import ObjectNotFound
 from prefect.runtime import task_run
+from prefect.serializers import JSONSerializer
 
 from lrgate import stages
 from lrgate.config import RunConfig
 from lrgate.errors import LrgateError
 from lrgate.report import format_value
-from lrgate.run_dir import RunInfo
+from lrgate.run_dir import RunInfo, changed_files, read_stage_record
 
 RESULTS_DIR = ".prefect-results"
 GPU_LIMIT_ENV = "LRGATE_GPU_LIMIT"
@@ -90,13 +91,28 @@ def gpu_slot(stage: str) -> Iterator[dict[str, Any] | None]:
         slot["held_to"] = _now()
 
 
-def cached(t: Task, run: RunInfo, stage: str) -> Task:
-    """``t`` with its result persisted in the run folder under the stage's key."""
+def cached(t: Task, run: RunInfo, stage: str, redo: bool = False) -> Task:
+    """``t`` with its result persisted in the run folder under the stage's key; with ``redo``, run again anyway.
+
+    A record already there is read by lrgate before Prefect sees it (:func:`read_stage_record`: one that is not
+    lrgate's own JSON stops the run), and the stage is redone, with a warning, when a file it wrote has changed
+    since (:func:`changed_files`). A redone stage overwrites its record (Prefect's ``refresh_cache``).
+
+    Raises
+    ------
+    RunDirError
+        The stage's record is not one that lrgate wrote.
+    """
+    result = read_stage_record(run.path(RESULTS_DIR) / run.stage_key(stage), run)
+    changed = changed_files(result) if result is not None and not redo else []
+    if changed:
+        get_run_logger().warning("%s: %s changed since the stage wrote it: redoing the stage", stage, changed[0])
     return t.with_options(
         cache_key_fn=lambda _context, _parameters: run.stage_key(stage),
         persist_result=True,
-        result_serializer="json",
+        result_serializer=JSONSerializer(object_encoder=None, object_decoder=None),  # run_dir.STAGE_SERIALIZER
         result_storage=run.path(RESULTS_DIR),  # a Path: Prefect stores into it with no saved block
+        refresh_cache=True if redo or changed else None,
     )
 
 

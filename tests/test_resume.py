@@ -14,6 +14,12 @@ import sys
 import time
 from pathlib import Path
 
+from lrgate.tasks.stages import RESULTS_DIR
+
+from lrgate.config import load_config
+from lrgate.outputs import file_digest
+from lrgate.run_dir import open_run
+from lrgate.stages import load_images
 from tests.conftest import tiny_config
 
 LRGATE = str(Path(sys.executable).parent / "lrgate")
@@ -89,3 +95,61 @@ def test_cli_config_errors_are_one_line(tmp_path):
     assert out.returncode == 1 and "Traceback" not in out.stderr
     assert out.stderr.strip() == f"lrgate: error: {bad}: train.batch_size: Input should be greater than or equal to 1"
     assert lrgate_run(tmp_path, str(bad), "--resume", str(tmp_path), ok=False).returncode == 1
+
+
+class Touch:
+    """Unpickling this creates ``path``: the code a crafted record would run."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return open, (str(self.path), "w")
+
+
+def test_resume_never_unpickles_a_crafted_stage_record(tmp_path):
+    from prefect._internal.result_records import ResultRecord, ResultRecordMetadata
+    from prefect.serializers import PickleSerializer
+
+    config = tiny_config(tmp_path)
+    cfg = load_config(config)
+    run, _ = open_run(cfg, config, tmp_path / "run", load_images(cfg).fingerprint)
+    key = run.stage_key("build-learner")
+    marker = tmp_path / "unpickled"
+    # What Prefect would read back as build-learner's result: its metadata names the pickle serializer.
+    crafted = run.path(RESULTS_DIR) / key
+    crafted.parent.mkdir()
+    serializer = PickleSerializer(picklelib="pickle")
+    crafted.write_bytes(
+        ResultRecord(
+            metadata=ResultRecordMetadata(serializer=serializer, storage_key=key), result=Touch(marker)
+        ).serialize()
+    )
+
+    out = lrgate_run(tmp_path, str(config), "--resume", str(run.run_dir), ok=False)
+    assert not marker.exists()
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    (error,) = [line for line in out.stderr.splitlines() if line.startswith("lrgate: error:")]
+    assert error == (
+        f"lrgate: error: {crafted}: not a stage record that lrgate wrote (its serializer is 'pickle'); lrgate "
+        "reads only its own JSON: delete the file to redo the stage, or start a new run"
+    )
+
+
+def test_a_changed_checkpoint_is_redone_on_resume_and_no_temporary_folder_is_left(tmp_path):
+    config = tiny_config(tmp_path)
+    run = tmp_path / "run"
+    lrgate_run(tmp_path, str(config), "--out", str(run))
+    assert not (run / "lr_find_tmp").exists()  # fastai's lr_find leaves it empty; the range test removes it
+    checkpoint = run / "checkpoints" / "3-fine-tuned.pth"
+    written = json.loads((run / "metrics-fine-tune.json").read_text())["files"][str(checkpoint)]
+    assert written == file_digest(checkpoint)
+    checkpoint.write_bytes(checkpoint.read_bytes()[: written["size"] // 2])  # truncated, as by a full disk
+
+    out = lrgate_run(tmp_path, str(config), "--resume", str(run))
+    assert f"fine-tune: {checkpoint} changed since the stage wrote it: redoing the stage" in out.stdout + out.stderr
+    states = json.loads((run / "summary.json").read_text())["stage_states"]
+    assert {s: states[s] for s in FINISHED_BEFORE_FINE_TUNE} == dict.fromkeys(FINISHED_BEFORE_FINE_TUNE, "Cached")
+    assert states["fine-tune"] == states["export"] == "Completed"
+    rewritten = json.loads((run / "metrics-fine-tune.json").read_text())["files"][str(checkpoint)]
+    assert rewritten == file_digest(checkpoint) and rewritten["size"] == written["size"]
