@@ -23,13 +23,14 @@ import numpy as np
 from lrgate.errors import LrgateError
 
 ETA = 3  # each rung keeps the best third (rounded up), and trains them three times as long
-STEP_DECADES = 0.5  # candidates lie half a decade apart (the benchmark grid's spacing)...
-MAX_CANDIDATES = 6  # ...unless the curve rules spread wider: then the step widens to keep at most this many
-MIN_CANDIDATES = 4  # rules that agree still get neighbours on both sides
+STEP_DECADES = 0.5  # candidates lie half a decade apart (1e-3, 3.2e-3, ...: the benchmark grid's spacing)...
+MAX_CANDIDATES = 10  # ...unless the span is wider: then the step widens to keep at most this many
+MIN_CANDIDATES = 4
 MIN_TRIAL_ITERATIONS = 8  # below this a trial says nothing about the lr
 RANGE_TESTS_FLOOR = 2.0  # on data so small that one training is shorter, the budget is two range tests
-# The curve rules whose picks set the candidates' span (lrgate's, fastai's); any that cannot read the curve is skipped.
-SPAN_RULES = ("bowl", "inflection", "minimum", "steep", "slide", "valley")
+# The curve rules whose lowest pick starts the candidates' span: the three with the lowest regret on the tuning
+# split (lrgate's bowl, fastai's minimum and slide); any that cannot read the curve is skipped.
+SPAN_RULES = ("bowl", "minimum", "slide")
 LOWER_IS_BETTER = ("valid_loss", "error_rate", "top_k_error", "perplexity")
 
 
@@ -193,31 +194,33 @@ def candidate_lrs(
     max_candidates: int = MAX_CANDIDATES,
     min_candidates: int = MIN_CANDIDATES,
 ) -> tuple[float, ...]:
-    """Log-spaced lrs that span the curve rules' ``picks`` with a neighbour beyond each end, inside ``tested_range``.
+    """Lrs on a lattice of ``step`` decades (1e-3, 3.2e-3, 1e-2, ... for half decades), from one step below the
+    lowest of the curve rules' ``picks`` up to the end of the range test.
 
-    The lattice is anchored on the geometric middle of the picks; its step is ``step`` decades, widened when the
-    picks spread so far that more than ``max_candidates`` would be needed.
+    Why up to the end: the range test's lr climbs through one batch each, while the stage warms up and anneals
+    (one cycle), so the best lr of a whole training often lies above every curve rule's pick, up to where the test
+    diverged. A pick at the test's first lr says the rule found nothing to read, and sets no span. Past
+    ``max_candidates`` the step widens; under ``min_candidates`` the lattice reaches further down.
 
     Examples
     --------
-    >>> [f"{lr:.2g}" for lr in candidate_lrs([1e-3, 1e-2], (1e-7, 10))]
-    ['0.00032', '0.001', '0.0032', '0.01', '0.032']
+    >>> [f"{lr:.2g}" for lr in candidate_lrs([1e-3, 1e-2], (1e-7, 0.5))]
+    ['0.00032', '0.001', '0.0032', '0.01', '0.032', '0.1', '0.32']
     """
-    finite = [p for p in picks if math.isfinite(p) and p > 0]
-    if not finite:
-        raise RaceError("no curve rule gave an lr to race around")
-    lo_test, hi_test = (math.log10(v) for v in tested_range)
-    lo, hi = math.log10(min(finite)), math.log10(max(finite))
-    n = max(min_candidates, math.ceil((hi - lo) / step) + 1 + 2)  # the picks' span plus one neighbour each side
-    if n > max_candidates:
-        n = max_candidates
-        step = (hi - lo) / (n - 3)  # n - 1 steps cover the span and its two neighbours
-    middle = (lo + hi) / 2
-    xs = middle + step * (np.arange(n) - (n - 1) / 2)
-    # Keep the lattice inside the test: shift it (not squeeze it) away from an end it crosses.
-    xs = xs + max(0.0, lo_test - xs[0]) - max(0.0, xs[-1] - hi_test)
-    lrs = np.clip(10 ** np.unique(np.round(xs, 6)), *tested_range)
-    return tuple(float(lr) for lr in np.unique(lrs))
+    first, last = (math.log10(v) for v in tested_range)
+    read = [p for p in picks if math.isfinite(p) and p > tested_range[0] * (1 + 1e-9)]
+    if not read:
+        if not any(math.isfinite(p) and p > 0 for p in picks):
+            raise RaceError("no curve rule gave an lr to race around")
+        read = [10 ** (first + step)]  # every rule sat at the start: race up from there
+    low = math.log10(min(read))
+    if (last - low) / step + 2 > max_candidates:
+        step = (last - low) / (max_candidates - 2)
+    end = math.floor(last / step + 1e-9)
+    start = math.ceil((low - step) / step - 1e-9)  # the lattice point a step below the lowest pick
+    start = max(min(start, end - min_candidates + 1), math.ceil(first / step - 1e-9))  # too few: reach down
+    xs = step * np.arange(start, end + 1)
+    return tuple(float(lr) for lr in np.unique(np.clip(10**xs, *tested_range)))
 
 
 def rule_picks(

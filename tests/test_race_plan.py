@@ -53,17 +53,27 @@ def test_a_bad_budget_is_refused_with_its_value():
         budget_iterations(100, 100, -1.0)
 
 
-def test_candidates_span_every_pick_with_a_neighbour_beyond_each_end():
+def test_candidates_run_half_decades_from_below_the_lowest_pick_to_where_the_test_ended():
     picks = [3e-3, 2e-2, 0.4]
-    lrs = candidate_lrs(picks, (1e-7, 10))
-    assert len(lrs) <= MAX_CANDIDATES
-    assert lrs[0] < min(picks) and lrs[-1] > max(picks)
-    assert np.allclose(np.diff(np.log10(lrs)), np.diff(np.log10(lrs))[0])  # evenly spaced in log lr
+    lrs = candidate_lrs(picks, (1e-7, 2.0))
+    assert np.allclose(np.log10(lrs), [-3.0, -2.5, -2.0, -1.5, -1.0, -0.5, 0.0])  # 1e-3 .. 1, on the lattice
+    assert lrs[0] < min(picks) and lrs[-1] <= 2.0
 
 
-def test_picks_that_agree_still_get_neighbours_and_the_lattice_stays_inside_the_test():
+def test_a_wide_span_widens_the_step_to_at_most_the_maximum():
+    lrs = candidate_lrs([1e-6], (1e-7, 10.0))
+    steps = np.diff(np.log10(lrs))
+    assert len(lrs) <= MAX_CANDIDATES and lrs[0] < 1e-6 and lrs[-1] * 10 ** steps[0] > 10.0  # within a step of 10
+    assert np.allclose(steps, steps[0])  # evenly spaced in log lr
+
+
+def test_picks_near_the_end_still_get_enough_candidates_inside_the_test():
     lrs = candidate_lrs([5.0, 5.0], (1e-7, 8.0))
     assert len(lrs) >= 4 and max(lrs) <= 8.0 and min(lrs) < 5.0
+
+
+def test_a_pick_at_the_tests_first_lr_sets_no_span():
+    assert candidate_lrs([1e-7, 1e-2], (1e-7, 1.0))[0] > 1e-3
 
 
 def test_no_pick_is_refused():
@@ -90,7 +100,7 @@ def test_when_every_trial_diverged_the_lowest_lr_wins_with_a_warning():
 def test_rule_picks_reads_each_rule_and_skips_one_that_cannot(frozen_curve):
     lrs, losses = frozen_curve
     picks = rule_picks(lrs, losses, "frozen", noise=3)
-    assert {"bowl", "minimum", "valley"} <= set(picks)
+    assert set(picks) == {"bowl", "minimum", "slide"}
     assert all(lrs[0] <= lr <= lrs[-1] for lr in picks.values())
     assert rule_picks(lrs[:8], losses[:8], "frozen", noise=3).keys() < picks.keys()  # too short for some rules
 
