@@ -7,6 +7,8 @@ and exit status 1; usage errors exit 2, as argparse does.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import os
 import re
@@ -286,7 +288,7 @@ def attach_negative_values(argv: Sequence[str]) -> list[str]:
 
 
 def _unplug_stdout() -> None:
-    """After standard output refused a write (a full disk), Python would try the write again at exit and print a
+    """After standard output refused a write (a full disk), Python would try it again at exit and print a
     traceback: send what is left to /dev/null instead."""
     try:
         sys.stdout.flush()
@@ -295,19 +297,29 @@ def _unplug_stdout() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from lrgate.outputs import writing
+    from lrgate.outputs import OutputError, writing
 
     args = build_parser().parse_args(attach_negative_values(sys.argv[1:] if argv is None else argv))
+    # What a command prints is held and written at its end, so that a full disk under standard output is told
+    # apart from the command's own errors and said in one line (the commands print their results last anyway).
+    printed = io.StringIO()
+    error = None
     try:
-        with writing("standard output"):
-            try:
-                return args.run(args)
-            finally:
-                sys.stdout.flush()  # a full disk under standard output fails here, where it can be said in one line
+        with contextlib.redirect_stdout(printed):
+            code = args.run(args)
     except LrgateError as e:
-        _unplug_stdout()
-        print(f"lrgate: error: {e}", file=sys.stderr)
-        return 1
+        code, error = 1, e
+    finally:
+        try:
+            with writing("standard output"):
+                sys.stdout.write(printed.getvalue())
+                sys.stdout.flush()
+        except OutputError as e:
+            _unplug_stdout()
+            code, error = 1, error or e
+    if error is not None:
+        print(f"lrgate: error: {error}", file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":

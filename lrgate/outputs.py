@@ -38,9 +38,14 @@ def writing(path: str | os.PathLike) -> Iterator[None]:
     try:
         yield
     except OSError as e:
-        if e.errno not in _REFUSED:
+        if not refused(e):
             raise
         raise OutputError(f"{path}: cannot write ({e.strerror}): free some space, or write to another folder") from None
+
+
+def refused(e: OSError) -> bool:
+    """Whether ``e`` is the disk refusing a write: full, read-only, or no permission."""
+    return e.errno in _REFUSED
 
 
 def file_digest(path: str | os.PathLike) -> dict[str, str | int]:
