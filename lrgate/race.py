@@ -29,6 +29,7 @@ from fastcore.foundation import L
 from lrgate.race_plan import (
     Race,
     Trial,
+    affordable,
     budget_iterations,
     candidate_lrs,
     pick_winner,
@@ -206,8 +207,11 @@ def race(
     started = time.perf_counter()
     score = score or default_score(learn)
     stage_iterations = max(1, round(epochs * len(learn.dls.train)))
-    alive = list(candidates) if candidates is not None else list(candidate_lrs(list(picks.values()), tested_range))
-    plan = plan_rungs(len(alive), stage_iterations, budget_iterations(stage_iterations, range_test_iterations, budget))
+    budget_its = budget_iterations(stage_iterations, range_test_iterations, budget)
+    if candidates is None:
+        candidates = affordable(candidate_lrs(list(picks.values()), tested_range), stage_iterations, budget_its)
+    alive = list(candidates)
+    plan = plan_rungs(len(alive), stage_iterations, budget_its)
     log(
         f"race: {len(alive)} candidates ({alive[0]:.1e} .. {alive[-1]:.1e}), rungs "
         + ", ".join(f"{r.candidates} x {r.iterations} it" for r in plan.rungs)

@@ -155,8 +155,8 @@ def plan_rungs(n_candidates: int, stage_iterations: int, budget: int, eta: int =
 
     Among plans with 1, 2, ... rungs (each keeping ``ceil(n / eta)``, at least two in the last rung), the one whose
     last rung trains longest wins (ties: fewer rungs, so every candidate is seen longer). A budget too small for
-    ``MIN_TRIAL_ITERATIONS`` per trial still gets one rung of that length: the cost then exceeds the budget, and
-    the record says so.
+    ``MIN_TRIAL_ITERATIONS`` per trial (or the whole stage, when shorter) still gets one rung of that length: the
+    cost then exceeds the budget, and the record says so (:func:`affordable` thins the candidates first).
 
     Examples
     --------
@@ -167,6 +167,7 @@ def plan_rungs(n_candidates: int, stage_iterations: int, budget: int, eta: int =
     """
     if n_candidates < 1:
         raise RaceError("a race needs at least one candidate lr")
+    min_trial = min(MIN_TRIAL_ITERATIONS, stage_iterations)  # a whole training is never too short to tell
     best: tuple[int, tuple[Rung, ...]] | None = None
     counts = [n_candidates]
     while math.ceil(counts[-1] / eta) >= 2:
@@ -177,13 +178,23 @@ def plan_rungs(n_candidates: int, stage_iterations: int, budget: int, eta: int =
         weight = sum(c * eta**k for k, c in enumerate(sizes))
         base = budget // weight
         rungs = tuple(Rung(c, min(stage_iterations, base * eta**k)) for k, c in enumerate(sizes))
-        if rungs[0].iterations < MIN_TRIAL_ITERATIONS:
+        if rungs[0].iterations < min_trial:
             continue
         if best is None or rungs[-1].iterations > best[0]:
             best = (rungs[-1].iterations, rungs)
     if best is None:
-        best = (0, (Rung(n_candidates, min(stage_iterations, MIN_TRIAL_ITERATIONS)),))
+        best = (0, (Rung(n_candidates, min_trial),))
     return Plan(best[1], stage_iterations, budget)
+
+
+def affordable(candidates: Sequence[float], stage_iterations: int, budget: int) -> tuple[float, ...]:
+    """``candidates`` thinned evenly (both ends kept) to as many as one rung of the shortest trials fits in
+    ``budget``; all of them when they fit."""
+    n = max(2, budget // min(MIN_TRIAL_ITERATIONS, stage_iterations))
+    if len(candidates) <= n:
+        return tuple(candidates)
+    keep = np.unique(np.round(np.linspace(0, len(candidates) - 1, n)).astype(int))
+    return tuple(candidates[i] for i in keep)
 
 
 def candidate_lrs(

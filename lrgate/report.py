@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from lrgate.config import RunConfig
@@ -14,6 +15,39 @@ def format_value(v: float | list[float] | None) -> str:
     if v is None:
         return "none"
     return f"slice({v[0]:.2e}, {v[1]:.2e})" if isinstance(v, list) else f"{v:.2e}"
+
+
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> list[str]:
+    """A markdown table's lines; cells are shown with ``str`` (format numbers before)."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+
+
+def race_markdown(race: dict[str, Any]) -> list[str]:
+    """A race record (``Race.to_dict``) as markdown lines: a table of its trials, the curve rules, its cost."""
+    score = race["score"]
+    last_rung = max(t["rung"] for t in race["trials"])
+    rows = []
+    for t in race["trials"]:
+        won = t["lr"] == race["winner"] and t["rung"] == last_rung
+        loss = "diverged" if t["valid_loss"] is None else f"{t['valid_loss']:.4g}"
+        metric = "" if t["metric"] is None else f"{t['metric']:.4g}"
+        lr = f"**{t['lr']:.2e} (winner)**" if won else f"{t['lr']:.2e}"
+        rows.append([t["rung"], lr, t["iterations"], loss, *([metric] if score != "valid_loss" else [])])
+    header = ["rung", "lr" if race["slice_ratio"] is None else "slice hi", "iterations", "valid_loss"]
+    header += [score] if score != "valid_loss" else []
+    cost = race["cost"]
+    ratio = "" if race["slice_ratio"] is None else f" Slices keep the curve's ratio, hi / {race['slice_ratio']:.3g}."
+    return [
+        f"**Race** (ranked by {score}): {len(race['candidates'])} candidates in short trials of the stage's own "
+        f"schedule; winner **{race['winner']:.2e}**.{ratio}",
+        "",
+        *markdown_table(header, rows),
+        "",
+        "Curve rules' picks: " + ", ".join(f"{k} {v:.2e}" for k, v in race["rule_picks"].items()) + ".",
+        f"Cost: {cost['iterations']} iterations, {cost['seconds']:.0f} s, {cost['trainings']:.2f} trainings of the "
+        f"stage ({cost['stage_iterations']} iterations each).",
+    ]
 
 
 def _rel(path: str, run: RunInfo) -> str:
@@ -80,6 +114,8 @@ def render_report(
         ]
         if s is not None:
             lines += [f"![gate {n} review plot]({_rel(record['plot'], run)})", "", "```", record["choices"], "```", ""]
+            if s.get("race"):
+                lines += [*race_markdown(s["race"]), ""]
         elif record.get("plot"):  # the recorded curve that could not be read
             lines += [f"![gate {n} recorded curve]({_rel(record['plot'], run)})", ""]
     if not trainings:

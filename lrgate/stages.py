@@ -36,6 +36,7 @@ from lrgate.models import build_learner
 from lrgate.notebook import suggest_for_learner
 from lrgate.outputs import file_digest, write_atomic, write_text
 from lrgate.plot import save_review, save_unread_curve
+from lrgate.race import CompressedSchedule, race_suggestion
 from lrgate.range_test import recorded_curve
 from lrgate.run_dir import RunInfo
 from lrgate.suggest import format_choices, wants_slice
@@ -80,8 +81,8 @@ class ProgressLog(Callback):
         self.log = log
 
     def after_epoch(self) -> None:
-        if any(isinstance(cb, LRFinder) for cb in self.learn.cbs):
-            return  # a range test: it skips validation, and its gate logs its own lines
+        if any(isinstance(cb, LRFinder | CompressedSchedule) for cb in self.learn.cbs):
+            return  # a range test or a race's trial: its gate logs its own lines
         values = dict(zip(self.recorder.metric_names, self.recorder.log, strict=False))
         shown = ", ".join(
             f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in values.items() if k != "epoch"
@@ -226,6 +227,19 @@ def range_test(cfg: RunConfig, run: RunInfo, checkpoint: str, gate: str, log: Lo
         # lr_find saves and removes its temporary weights there, and leaves the folder behind: remove it if empty
         with contextlib.suppress(OSError):
             (learn.path / learn.model_dir).rmdir()
+    if s is not None and cfg.race is not None:
+        pin = getattr(cfg.gates, gate)
+        if pin.lr is None and pin.slice is None:  # a pinned gate trains with its pin: nothing to race for
+            s = race_suggestion(
+                learn,
+                s,
+                recorded_curve(learn),
+                epochs=cfg.train.frozen_epochs if gate == "frozen" else cfg.train.unfrozen_epochs,
+                range_test_iterations=cfg.lr_find.num_it,
+                budget=cfg.race.budget,
+                score=cfg.race.score or cfg.promotion.metric,
+                log=log,
+            )
     seconds = round(time.perf_counter() - started, 2)
     out = _gate_dir(run, gate)
     lrs, losses = recorded_curve(learn)
@@ -253,7 +267,7 @@ def range_test(cfg: RunConfig, run: RunInfo, checkpoint: str, gate: str, log: Lo
     return {
         "gate": gate,
         "suggestion": suggestion,
-        "choices": format_choices(s),
+        "choices": format_choices(s, race=False),
         "plot": str(plot),
         "frame_csv": str(frame),
         "curve_csv": str(curve),

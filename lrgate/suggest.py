@@ -612,8 +612,9 @@ def suggest(
     )
 
 
-def format_choices(s: Suggestion) -> str:
-    """The choices table the post prints: the suggestion, the three best points of each curve, warnings."""
+def format_choices(s: Suggestion, *, race: bool = True) -> str:
+    """The choices table the post prints: the suggestion, the three best points of each curve, the race (unless
+    ``race=False``: a page that shows it as a table of its own), warnings."""
 
     def row(name: str, values: Sequence[float]) -> str:
         cells = [f"{v:9.2e}" for v in values] + ["        -"] * (N_CHOICES - len(values))
@@ -630,7 +631,7 @@ def format_choices(s: Suggestion) -> str:
         f"min-loss lr / 10: {s.min_loss_lr_div10:.2e}",
         f"suggestion: {s.describe()}",
     ]
-    if s.race is not None:
+    if race and s.race is not None:
         lines += ["", *format_race(s.race)]
     lines += [f"warning: {w}" for w in s.warnings]
     return "\n".join(lines)

@@ -33,7 +33,7 @@ from prefect.serializers import JSONSerializer
 from lrgate import stages
 from lrgate.config import RunConfig
 from lrgate.errors import LrgateError
-from lrgate.report import format_value
+from lrgate.report import format_value, race_markdown
 from lrgate.run_dir import RunInfo, changed_files, read_stage_record
 
 RESULTS_DIR = ".prefect-results"
@@ -163,8 +163,10 @@ def gate_markdown(record: dict[str, Any], title: str) -> str:
         )
     value = format_value(s["slice"]) if s["slice"] else f"lr = {format_value(s['lr'])}"
     warnings = "".join(f"\n- {w}" for w in s["warnings"]) or "\n- none"
+    how = "the race" if s.get("race") else s["method"]
+    race = "\n".join(race_markdown(s["race"])) + "\n\n" if s.get("race") else ""
     return (
-        f"# {title}\n\n**Suggestion ({s['state']}, {s['method']}):** `{value}`\n\n"
+        f"# {title}\n\n**Suggestion ({s['state']}, {how}):** `{value}`\n\n{race}"
         f"```\n{record['choices']}\n```\n\n**Warnings:**{warnings}\n\n"
         f"![review plot](data:image/png;base64,{png})\n\n"
         f"Files: `{record['plot']}`, `{record['frame_csv']}`, `{record['curve_csv']}`\n"

@@ -93,7 +93,30 @@ def test_each_gate_publishes_a_review_artifact_and_the_run_a_metrics_table(finis
     assert set(artifacts) == set(keys)
     gate = artifacts["tiny-gate-unfrozen"]
     assert gate.type == "markdown" and "data:image/png;base64," in gate.data and "gradient" in gate.data
+    assert "**Race** (ranked by accuracy)" in gate.data and "| rung | slice hi | iterations |" in gate.data
     assert artifacts["tiny-metrics"].type == "table"
+
+
+def test_both_gates_race_by_default_and_show_the_race_to_the_reviewer(finished):
+    run = summary_dir(finished)
+    report = (run / "report.md").read_text()
+    for gate in ("frozen", "unfrozen"):
+        s = gate_json(finished, gate)
+        race = s["race"]
+        top = s["lr"] if gate == "frozen" else s["slice"][1]
+        assert race["winner"] == top and top in race["candidates"]
+        assert "bowl" in race["rule_picks"] and race["score"] == "accuracy"
+        assert len(race["trials"]) >= len(race["candidates"]) >= 4
+        # a stage of 6 batches on this tiny data: the budget is two range tests (2 x 24 iterations)
+        cost = race["cost"]
+        assert cost["iterations"] <= cost["budget_iterations"] == 48 and cost["trainings"] > 1 and cost["seconds"] > 0
+    assert report.count("**Race** (ranked by accuracy)") == 2 and "(winner)**" in report
+
+
+def test_race_off_reads_the_curve_alone(prefect_api, tmp_path):
+    summary = pipeline(str(tiny_config(tmp_path, "race: off\n", name="tiny-race-off")), str(tmp_path / "run"))
+    for gate in ("frozen", "unfrozen"):
+        assert "race" not in gate_json(summary, gate)
 
 
 def test_pinned_values_are_trained_with_and_the_suggestion_kept_beside(prefect_api, tmp_path):
@@ -107,6 +130,7 @@ def test_pinned_values_are_trained_with_and_the_suggestion_kept_beside(prefect_a
     assert gate_json(summary, "frozen")["lr"] > 0
     assert (summary_dir(summary) / "gate-unfrozen" / "curve.csv").exists()
     assert summary["decisions"]["unfrozen"]["source"] == "pinned slice"
+    assert "race" not in gate_json(summary, "frozen")  # a pinned gate trains with its pin: no race
 
 
 UNREADABLE = "suggest: {noise: 20}\n"  # the extrema filter needs 41 points; the tiny range test records 24

@@ -13,6 +13,7 @@ from lrgate.race_plan import (
     MIN_TRIAL_ITERATIONS,
     RaceError,
     Trial,
+    affordable,
     budget_iterations,
     candidate_lrs,
     pick_winner,
@@ -46,6 +47,14 @@ def test_a_plan_never_trains_longer_than_the_stage_and_stays_in_its_budget(n, st
     assert all(b.candidates == math.ceil(a.candidates / 3) for a, b in zip(plan.rungs, plan.rungs[1:], strict=False))
     if plan.rungs[0].iterations >= MIN_TRIAL_ITERATIONS and n * MIN_TRIAL_ITERATIONS <= budget:
         assert plan.iterations <= budget
+
+
+def test_candidates_are_thinned_to_what_the_budget_affords_keeping_both_ends():
+    lrs = tuple(10.0 ** (np.arange(9) / 2 - 4))
+    kept = affordable(lrs, 6, 48)  # trials of the whole 6-iteration stage: 8 fit
+    assert len(kept) == 8 and kept[0] == lrs[0] and kept[-1] == lrs[-1]
+    assert plan_rungs(len(kept), 6, 48).iterations <= 48
+    assert affordable(lrs, 1500, 1500) == lrs
 
 
 def test_a_bad_budget_is_refused_with_its_value():
