@@ -36,6 +36,7 @@ from lrgate.race_plan import (
     plan_rungs,
     ranking_key,
     rule_picks,
+    standard_error,
     survivors,
 )
 from lrgate.suggest import SLICE_RATIO, Suggestion
@@ -218,6 +219,7 @@ def race(
         + f" (one training: {stage_iterations} it)"
     )
     snapshot = LearnerSnapshot.take(learn)
+    n_valid = len(learn.dls.valid.dataset) if hasattr(learn.dls.valid, "dataset") else 0
     trials: list[Trial] = []
     try:
         for k, rung in enumerate(plan.rungs):
@@ -232,9 +234,10 @@ def race(
                 shown = "diverged" if trial.diverged else f"valid_loss {loss:.4g}"
                 log(f"race rung {k}: lr {lr:.2e}, {rung.iterations} it: {shown}" + _metric_text(score, metric))
             trials += rung_trials
+            tie = _tie(rung_trials, rung.iterations, stage_iterations, score, n_valid)
             if k + 1 < len(plan.rungs):
-                alive = survivors(rung_trials, plan.rungs[k + 1].candidates, score)
-        winner, warnings = pick_winner(rung_trials, score)
+                alive = survivors(rung_trials, plan.rungs[k + 1].candidates, score, tie)
+        winner, warnings = pick_winner(rung_trials, score, tie)
         if all(ranking_key(t, score)[0] == 1 for t in trials):
             winner = min(t.lr for t in trials)
             warnings = (f"every candidate's trial diverged: fell back to the lowest, {winner:.2e}",)
@@ -293,6 +296,15 @@ def race_suggestion(
         race=result,
         warnings=s.warnings + result.warnings,
     )
+
+
+def _tie(trials: list[Trial], iterations: int, stage_iterations: int, score: str, n_valid: int) -> float:
+    """How close a compressed rung's metrics must be to count as level: one standard error of the best; 0 for
+    trials as long as the stage (no short-horizon bias to lean against) or a loss."""
+    metrics = [t.metric for t in trials if t.metric is not None and not t.diverged]
+    if iterations >= stage_iterations or score == "valid_loss" or not metrics:
+        return 0.0
+    return standard_error(max(metrics), n_valid)
 
 
 def _metric_text(score: str, metric: float | None) -> str:

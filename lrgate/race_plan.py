@@ -262,14 +262,32 @@ def ranking_key(trial: Trial, score: str):
     return (0, value if lower_is_better(score) else -value, trial.valid_loss)
 
 
-def survivors(trials: Sequence[Trial], keep: int, score: str) -> list[float]:
-    """The lrs of the best ``keep`` trials of one rung, best first."""
-    return [t.lr for t in sorted(trials, key=lambda t: ranking_key(t, score))[:keep]]
+def survivors(trials: Sequence[Trial], keep: int, score: str, tie: float = 0.0) -> list[float]:
+    """The lrs of the best ``keep`` trials of one rung, best first.
+
+    With ``tie`` > 0 (a metric's standard error, for trials shorter than the stage), trials whose metric lies
+    within ``tie`` of the best count as level, and among them the higher lr goes first: a schedule compressed to a
+    few iterations is harder on high lrs than the stage's whole schedule is (short-horizon bias).
+    """
+    ranked = sorted(trials, key=lambda t: ranking_key(t, score))
+    best = ranked[0]
+    if tie > 0 and ranking_key(best, score)[0] == 0 and score != "valid_loss":
+        level = [t for t in ranked if ranking_key(t, score)[0] == 0 and abs(t.metric - best.metric) <= tie]
+        ranked = sorted(level, key=lambda t: -t.lr) + [t for t in ranked if t not in level]
+    return [t.lr for t in ranked[:keep]]
 
 
-def pick_winner(last_rung: Sequence[Trial], score: str) -> tuple[float, tuple[str, ...]]:
-    """The best trial's lr; when every trial diverged, the lowest lr, with a warning."""
+def pick_winner(last_rung: Sequence[Trial], score: str, tie: float = 0.0) -> tuple[float, tuple[str, ...]]:
+    """The best trial's lr (see :func:`survivors` for ``tie``); when every trial diverged, the lowest lr, with a
+    warning."""
     if all(ranking_key(t, score)[0] == 1 for t in last_rung):
         low = min(t.lr for t in last_rung)
         return low, (f"every candidate's trial diverged or scored no {score}: fell back to the lowest, {low:.2e}",)
-    return survivors(last_rung, 1, score)[0], ()
+    return survivors(last_rung, 1, score, tie)[0], ()
+
+
+def standard_error(metric: float, n_valid: int) -> float:
+    """The standard error of a proportion (accuracy, say) measured on ``n_valid`` items; 0 outside [0, 1]."""
+    if not 0 <= metric <= 1 or n_valid < 1:
+        return 0.0
+    return math.sqrt(max(metric * (1 - metric), 1e-4) / n_valid)

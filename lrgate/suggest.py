@@ -197,7 +197,7 @@ def clean_curve(lrs: Sequence[float], losses: Sequence[float], noise: int) -> tu
         raise CurveError("the curve is empty: no (lr, loss) points")
     bad = np.flatnonzero(~np.isfinite(lrs) | (lrs <= 0))
     if len(bad):
-        raise CurveError(f"lrs must be finite and positive, but lrs[{bad[0]}] = {lrs[bad[0]]!r}")
+        raise CurveError(f"lrs must be finite and positive, but lrs[{bad[0]}] = {lrs[bad[0]]:g}")
     steps = np.flatnonzero(np.diff(lrs) <= 0)
     if len(steps):
         i = steps[0]

@@ -19,6 +19,7 @@ from lrgate.race_plan import (
     pick_winner,
     plan_rungs,
     rule_picks,
+    standard_error,
     survivors,
 )
 from tests.conftest import EXAMPLE_CURVES
@@ -99,6 +100,15 @@ def test_trials_rank_by_the_metric_higher_better_and_by_loss_lower_better():
     assert survivors(trials, 2, "accuracy") == [1e-3, 1e-2]
     assert survivors(trials, 2, "valid_loss") == [1e-2, 1e-3]
     assert survivors(trials, 3, "error_rate")[-1] == 1e-1  # a diverged trial is always last
+
+
+def test_in_a_compressed_rung_a_higher_lr_within_one_standard_error_goes_first():
+    trials = [_trial(1e-2, 0.30, 0.93), _trial(1e-1, 0.40, 0.92), _trial(1.0, 1.2, 0.55)]
+    se = standard_error(0.93, 200)  # about 1.8 points
+    assert survivors(trials, 2, "accuracy") == [1e-2, 1e-1]
+    assert survivors(trials, 2, "accuracy", tie=se) == [1e-1, 1e-2]  # level within the noise: the higher first
+    assert pick_winner(trials, "accuracy", tie=0.001)[0] == 1e-2  # a gap larger than the tie still counts
+    assert standard_error(2.5, 200) == 0.0  # not a proportion: no tie
 
 
 def test_when_every_trial_diverged_the_lowest_lr_wins_with_a_warning():
