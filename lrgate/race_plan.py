@@ -26,6 +26,7 @@ ETA = 3  # each rung keeps the best third (rounded up), and trains them three ti
 STEP_DECADES = 0.5  # candidates lie half a decade apart (1e-3, 3.2e-3, ...: the benchmark grid's spacing)...
 MAX_CANDIDATES = 10  # ...unless the span is wider: then the step widens to keep at most this many
 MIN_CANDIDATES = 4
+EARLY_SHARE = 0.25  # picks in this first share of the test (log lr) set no span (suggest.BOWL_EARLY_SHARE)
 MIN_TRIAL_ITERATIONS = 8  # below this a trial says nothing about the lr
 RANGE_TESTS_FLOOR = 2.0  # on data so small that one training is shorter, the budget is two range tests
 # The curve rules whose lowest pick starts the candidates' span: the three with the lowest regret on the tuning
@@ -210,7 +211,8 @@ def candidate_lrs(
 
     Why up to the end: the range test's lr climbs through one batch each, while the stage warms up and anneals
     (one cycle), so the best lr of a whole training often lies above every curve rule's pick, up to where the test
-    diverged. A pick at the test's first lr says the rule found nothing to read, and sets no span. Past
+    diverged. A pick in the test's first quarter (log lr) sets no span: there the smoothed loss still rests on
+    its first few batches, and a rule that picks there found nothing to read (the bowl rule's own reason). Past
     ``max_candidates`` the step widens; under ``min_candidates`` the lattice reaches further down.
 
     Examples
@@ -219,11 +221,12 @@ def candidate_lrs(
     ['0.00032', '0.001', '0.0032', '0.01', '0.032', '0.1', '0.32']
     """
     first, last = (math.log10(v) for v in tested_range)
-    read = [p for p in picks if math.isfinite(p) and p > tested_range[0] * (1 + 1e-9)]
+    if not any(math.isfinite(p) and p > 0 for p in picks):
+        raise RaceError("no curve rule gave an lr to race around")
+    early = first + EARLY_SHARE * (last - first)
+    read = [p for p in picks if math.isfinite(p) and p > 10**early]
     if not read:
-        if not any(math.isfinite(p) and p > 0 for p in picks):
-            raise RaceError("no curve rule gave an lr to race around")
-        read = [10 ** (first + step)]  # every rule sat at the start: race up from there
+        read = [10 ** (early + step)]  # every rule sat where the curve has nothing to read: race up from there
     low = math.log10(min(read))
     if (last - low) / step + 2 > max_candidates:
         step = (last - low) / (max_candidates - 2)

@@ -71,9 +71,9 @@ def test_candidates_run_half_decades_from_below_the_lowest_pick_to_where_the_tes
 
 
 def test_a_wide_span_widens_the_step_to_at_most_the_maximum():
-    lrs = candidate_lrs([1e-6], (1e-7, 10.0))
+    lrs = candidate_lrs([3e-6], (1e-8, 10.0))
     steps = np.diff(np.log10(lrs))
-    assert len(lrs) <= MAX_CANDIDATES and lrs[0] < 1e-6 and lrs[-1] * 10 ** steps[0] > 10.0  # within a step of 10
+    assert len(lrs) <= MAX_CANDIDATES and lrs[0] < 3e-6 and lrs[-1] * 10 ** steps[0] > 10.0  # within a step of 10
     assert np.allclose(steps, steps[0])  # evenly spaced in log lr
 
 
@@ -82,8 +82,9 @@ def test_picks_near_the_end_still_get_enough_candidates_inside_the_test():
     assert len(lrs) >= 4 and max(lrs) <= 8.0 and min(lrs) < 5.0
 
 
-def test_a_pick_at_the_tests_first_lr_sets_no_span():
-    assert candidate_lrs([1e-7, 1e-2], (1e-7, 1.0))[0] > 1e-3
+def test_a_pick_in_the_tests_first_quarter_sets_no_span():
+    assert candidate_lrs([1e-7, 3e-7, 1e-2], (1e-7, 1.0))[0] > 1e-3
+    assert candidate_lrs([1e-7], (1e-7, 10.0))[0] > 1e-5  # nothing read: up from the first quarter
 
 
 def test_no_pick_is_refused():
