@@ -6,7 +6,7 @@ The analysis function itself is ``lrgate.suggest.suggest`` (``lrgate.suggest`` i
 
 from importlib import import_module
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"
 
 _EXPORTS = {
     "read_curve": "lrgate.suggest",

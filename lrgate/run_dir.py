@@ -135,7 +135,7 @@ def read_stage_record(path: Path, run: RunInfo) -> dict[str, Any] | None:
     if serializer.get("type") != "json":
         raise refuse(f"its serializer is {serializer.get('type')!r}")
     differ = [f"{k}={serializer.get(k)!r}" for k, v in STAGE_SERIALIZER.items() if serializer.get(k) != v]
-    if differ:  # lrgate < 0.3.1 let Prefect's object hooks decode its JSON
+    if differ:  # lrgate < 0.4.0 let Prefect's object hooks decode its JSON
         raise refuse(f"its JSON serializer has {', '.join(differ)}")
     try:
         result = json.loads(record["result"])
@@ -151,7 +151,7 @@ def read_stage_record(path: Path, run: RunInfo) -> dict[str, Any] | None:
             raise refuse(f"it names a file outside the run folder: {name}")
     for field in FILE_FIELDS:
         if field in result and result[field] not in files:
-            raise refuse(f"its {field} {result[field]} has no digest (written by lrgate < 0.3.1?)")
+            raise refuse(f"its {field} {result[field]} has no digest (written by lrgate < 0.4.0?)")
     return result
 
 
