@@ -28,10 +28,10 @@ from lrgate.tasks.stages import (
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
 from prefect.runtime import flow_run
-from prefect.states import Cancelled
+from prefect.states import Cancelled, State
 
 from lrgate.config import load_config
-from lrgate.errors import quiet_run_tracebacks
+from lrgate.errors import Rejected, quiet_run_tracebacks
 from lrgate.outputs import write_text
 from lrgate.promotion import promote
 from lrgate.report import metrics_rows, render_report
@@ -47,7 +47,8 @@ def pipeline(config: str, out: str | None = None) -> dict[str, Any]:
 
     Returns a summary: the run folder, both gates' decisions, the metrics and each stage's final state
     (``Completed``, or ``Cached`` for a stage a resumed run did not redo). A rejected gate ends the run
-    ``Cancelled``, with the reason in its state message and in the report.
+    ``Cancelled``, with the reason in its state message, the report and ``summary.json``; its result is a
+    :class:`~lrgate.errors.Rejected` error (raised by ``pipeline(...)`` called without ``return_state``).
     """
     logger = get_run_logger()
     cfg = load_config(config)
@@ -71,9 +72,10 @@ def pipeline(config: str, out: str | None = None) -> dict[str, Any]:
     def gate(record: dict[str, Any], gate_cfg) -> dict[str, Any]:
         decision = gate_decision(cfg, run, record, gate_cfg)
         gates.append((record, decision))
-        logger.info(
-            "gate %s: %s by %s: %s", record["gate"], decision["action"], decision["reviewer"], decision["value"]
-        )
+        if decision["value"] is not None:  # a rejection is said once, by rejected()
+            logger.info(
+                "gate %s: %s by %s: %s", record["gate"], decision["action"], decision["reviewer"], decision["value"]
+            )
         return decision
 
     def finish(outcome: str, model: dict[str, Any] | None, promotion: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -113,10 +115,12 @@ def pipeline(config: str, out: str | None = None) -> dict[str, Any]:
         logger.info("%s: report %s", outcome, summary["report"])
         return summary
 
-    def rejected(decision: dict[str, Any]):
+    def rejected(decision: dict[str, Any]) -> State:
+        # The run ends Cancelled, its result the Rejected error (a state's result must be an exception or None:
+        # Prefect raises it when reading the result; summary.json and the report hold the summary).
         outcome = f"rejected at gate {decision['gate']} by {decision['reviewer']}: {decision['reason']}"
-        summary = finish(outcome, None)
-        return Cancelled(message=outcome, data=summary)
+        finish(outcome, None)
+        return Cancelled(message=outcome, data=Rejected(outcome))
 
     initial = stage("build-learner", build_learner)
     lr = gate(stage("gate-frozen", lr_suggest, initial["checkpoint"], "frozen"), cfg.gates.frozen)

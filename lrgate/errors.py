@@ -28,11 +28,22 @@ class LearnerStateError(LrgateError):
     """A Learner whose freeze state cannot be used for a range test (for example: every group frozen)."""
 
 
+class Rejected(LrgateError):
+    """A gate's decision stopped the run (a reviewer's rejection, or ``on_timeout: reject``): the run ends
+    ``Cancelled`` with this as its result. A decision, not an error: the flow logs it once, itself."""
+
+
 class WithoutTraceback(logging.Filter):
     """Keeps a log record whose exception is an :class:`LrgateError`, but drops its traceback: the message says
-    what is wrong, and the stack through Prefect's engine says nothing more. Anything else keeps its traceback."""
+    what is wrong, and the stack through Prefect's engine says nothing more. Anything else keeps its traceback.
+
+    A record whose exception is :class:`Rejected` is dropped: a deployed run's engine reads the ``Cancelled``
+    state's result, raises it and logs "Engine execution exited with unexpected exception" at ERROR, about a
+    rejection the flow has already logged (and Prefect's "Finished in state Cancelled(...)" names again)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], Rejected):
+            return False
         if record.exc_info and isinstance(record.exc_info[1], LrgateError):
             record.exc_info, record.exc_text = None, None
         return True

@@ -92,3 +92,40 @@ def test_a_deployed_manual_gate_suspends_and_resumes_with_finished_stages_cached
     assert summary["stage_states"]["train-frozen"] == summary["stage_states"]["gate-unfrozen"] == "Cached"
     assert summary["stage_states"]["fine-tune"] == "Completed"
     assert summary["decisions"]["unfrozen"]["reviewer"] == "dora"
+
+
+def run_logs(run_id: str) -> list:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all(timeout=10)
+    with get_client(sync_client=True) as client:
+        return client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])))
+
+
+def test_a_deployed_run_rejected_at_a_gate_ends_cancelled_with_one_line_and_no_traceback(deployed, tmp_path):
+    manual = "gates:\n  frozen: {policy: manual, timeout: 600}\n"
+    run_id = trigger("lrgate-pipeline/manual-review", tiny_config(tmp_path, manual, name="tiny-rejected"))
+    worker_once()
+    assert flow_run(run_id).state.name == "Suspended"
+    cli(str(BIN / "lrgate"), "reject", run_id, "--reason", "curve looks broken", "--reviewer", "erin")
+    deadline = time.monotonic() + 30
+    while not flow_run(run_id).state.is_scheduled():
+        assert time.monotonic() < deadline, flow_run(run_id).state
+        time.sleep(0.5)
+    out = cli(str(BIN / "prefect"), "worker", "start", "--pool", "lrgate-gpu", "--run-once")
+    state = flow_run(run_id).state
+    assert state.is_cancelled(), state
+    assert state.message == "rejected at gate frozen by erin: curve looks broken"
+    worker_log = out.stdout + out.stderr
+    assert "Traceback" not in worker_log and "unexpected exception" not in worker_log, worker_log[-3000:]
+    logs = run_logs(run_id)
+    assert not [r.message for r in logs if r.level >= 40 or "Traceback" in r.message]
+    # the rejection is said once by lrgate (with the report's path), and once in Prefect's own final line
+    said = [r.message for r in logs if "rejected at gate frozen" in r.message]
+    assert len(said) == 2 and said[0].startswith("rejected at gate frozen by erin: curve looks broken: report "), said
+    assert said[1] == f"Finished in state Cancelled({state.message!r})"
+    (folder,) = (tmp_path / "runs").glob("tiny-rejected-2*")
+    assert json.loads((folder / "summary.json").read_text())["outcome"] == state.message
+    assert not (folder / "model.pkl").exists()
