@@ -29,6 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import psutil
 import torch
 
 from lrgate import parent_death
@@ -139,20 +140,11 @@ def launch_training(
 
 
 def descendants(pid: int) -> list[int]:
-    """The live processes below ``pid`` (children, their children, ...), read from ``/proc``; none elsewhere."""
-    children: dict[int, list[int]] = collections.defaultdict(list)
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])  # after "pid (comm) state"
-        except (OSError, IndexError, ValueError):
-            continue  # gone meanwhile
-        children[ppid].append(int(stat.parent.name))
-    found, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
+    """The live processes below ``pid`` (children, their children, ...); none when ``pid`` is gone."""
+    try:
+        return [child.pid for child in psutil.Process(pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
 
 
 def _run(command: list[str], stderr_path: Path, log: Log) -> tuple[int, str]:
