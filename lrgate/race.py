@@ -34,7 +34,6 @@ from lrgate.race_plan import (
     candidate_lrs,
     pick_winner,
     plan_rungs,
-    ranking_key,
     rule_picks,
     standard_error,
     survivors,
@@ -237,10 +236,7 @@ def race(
             tie = _tie(rung_trials, rung.iterations, stage_iterations, score, n_valid)
             if k + 1 < len(plan.rungs):
                 alive = survivors(rung_trials, plan.rungs[k + 1].candidates, score, tie)
-        winner, warnings = pick_winner(rung_trials, score, tie)
-        if all(ranking_key(t, score)[0] == 1 for t in trials):
-            winner = min(t.lr for t in trials)
-            warnings = (f"every candidate's trial diverged: fell back to the lowest, {winner:.2e}",)
+        winner, warnings = pick_winner(rung_trials, score, tie, every=trials)
     finally:
         snapshot.restore(learn)
     result = Race(

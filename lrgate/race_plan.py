@@ -280,12 +280,17 @@ def survivors(trials: Sequence[Trial], keep: int, score: str, tie: float = 0.0) 
     return [t.lr for t in ranked[:keep]]
 
 
-def pick_winner(last_rung: Sequence[Trial], score: str, tie: float = 0.0) -> tuple[float, tuple[str, ...]]:
-    """The best trial's lr (see :func:`survivors` for ``tie``); when every trial diverged, the lowest lr, with a
-    warning."""
+def pick_winner(
+    last_rung: Sequence[Trial], score: str, tie: float = 0.0, every: Sequence[Trial] = ()
+) -> tuple[float, tuple[str, ...]]:
+    """The best trial's lr of the last rung (see :func:`survivors` for ``tie``). When all of it diverged, its lowest
+    lr; when ``every`` trial of the race diverged, the lowest lr tried; either with a warning."""
+    if all(ranking_key(t, score)[0] == 1 for t in every or last_rung):
+        low = min(t.lr for t in every or last_rung)
+        return low, (f"every candidate's trial diverged or scored no {score}: fell back to the lowest, {low:.2e}",)
     if all(ranking_key(t, score)[0] == 1 for t in last_rung):
         low = min(t.lr for t in last_rung)
-        return low, (f"every candidate's trial diverged or scored no {score}: fell back to the lowest, {low:.2e}",)
+        return low, (f"every trial of the last rung diverged or scored no {score}: kept its lowest, {low:.2e}",)
     return survivors(last_rung, 1, score, tie)[0], ()
 
 

@@ -115,6 +115,9 @@ def test_in_a_compressed_rung_a_higher_lr_within_one_standard_error_goes_first()
 def test_when_every_trial_diverged_the_lowest_lr_wins_with_a_warning():
     winner, warnings = pick_winner([_trial(1e-1, float("nan")), _trial(1e-2, float("inf"))], "valid_loss")
     assert winner == 1e-2 and "diverged" in warnings[0]
+    earlier = [_trial(1e-4, float("nan")), _trial(1e-3, float("nan"))]
+    last = [_trial(1e-1, float("nan")), _trial(1e-2, float("inf"))]
+    assert pick_winner(last, "valid_loss", every=earlier + last)[0] == 1e-4  # the lowest lr tried in the race
 
 
 def test_rule_picks_reads_each_rule_and_skips_one_that_cannot(frozen_curve):
