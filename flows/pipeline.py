@@ -93,6 +93,7 @@ def pipeline(config: str, out: str | None = None) -> dict[str, Any]:
             stage_states=states,
             resumed=resumed,
             outcome=outcome,
+            promotion=promotion,
         )
         write_text(run.path("report.md"), report)
         summary = {

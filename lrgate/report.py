@@ -87,7 +87,12 @@ def render_report(
         f"- model: `{cfg.model.arch}`, image size {cfg.train.image_size}, batch size {cfg.train.batch_size}; "
         f"config digest `{run.config_digest}`",
         "- stages: " + ", ".join(f"{k} {v}" for k, v in stage_states.items()),
-        f"- outcome: **{outcome}**" + (f" ({promotion['why']})" if promotion else ""),
+        f"- outcome: **{outcome}**",
+        *(
+            [f"- latest model: {'this run' if promotion['promoted'] else 'unchanged'} ({promotion['why']})"]
+            if promotion
+            else []
+        ),
         "",
     ]
     for n, (record, decision) in enumerate(gates, 1):

@@ -70,6 +70,8 @@ def test_every_output_exists_and_reads_back(finished):
     report = (run / "report.md").read_text()
     assert "## Gate 1: frozen" in report and "## Gate 2: unfrozen" in report
     assert "](gate-frozen/review.png)" in report and "model.pkl" in report
+    # whether the model became the config's latest, and why, in the report as in summary.json
+    assert finished["promotion"]["promoted"] and f"- latest model: this run ({finished['promotion']['why']})" in report
     assert set(finished["stage_states"].values()) == {"Completed"}
 
 
