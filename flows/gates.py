@@ -1,10 +1,11 @@
 """The gates between stages: go on by themselves (``auto``) or wait for a person (``manual``).
 
-A manual gate pauses the flow run with a Prefect ``RunInput`` form: approve, override (an lr, or a slice's lo
-and hi) or reject with a reason, and a required reviewer. The form's description carries the suggestion, the
-choices table and the review plot (embedded as a PNG data URI), so the Prefect UI shows everything on one page.
-The form's bounds are the gate's tested lr range, so the server itself refuses an override outside it; lo <= hi
-(which a JSON schema cannot say) is checked here, and the gate waits again with the reason shown.
+A manual gate pauses the flow run with a Prefect ``RunInput`` form: approve, override (one of the gate's
+choices from a pick list, or a typed lr or slice) or reject with a reason, and a required reviewer. The form's
+description carries the suggestion, the choices table and the review plot (embedded as a PNG data URI), so the
+Prefect UI shows everything on one page. The server checks what the form's schema says (a choice from the list,
+a typed value that reads as a number); the rest (inside the tested lr range, lo <= hi, a reason to reject) is
+checked here, and the gate waits again with the reason shown.
 
 A deployed run suspends (its process and GPU are freed; on resume the flow re-runs and finished stages come
 back cached); a local run pauses in place, having released its GPU memory first. Each decision is written to
@@ -54,45 +55,102 @@ def takes_slice(record: dict[str, Any]) -> bool:
     return s["slice"] is not None if s is not None else record["takes_slice"]
 
 
-def answer_form(record: dict[str, Any]) -> type[RunInput]:
-    """The gate's form, with the override fields bounded by the lrs its range test tried. A gate whose curve
-    could not be read has no suggestion: its form offers override and reject only."""
+def tested_range(record: dict[str, Any]) -> list[float]:
+    """The lrs the gate's range test tried, ``[lo, hi]``: the bounds of any override."""
     s = record["suggestion"]
-    lo, hi = s["tested_range"] if s is not None else record["tested_range"]
-    bounded = {"ge": lo, "le": hi}
+    return s["tested_range"] if s is not None else record["tested_range"]
+
+
+# A typed lr: digits with an optional point and exponent (3e-3, 0.003, 3E-3, 1.5e-04); empty takes the pick list.
+# A string, not a number: the Prefect UI's number input drops the "e" of 3e-3 (the answer then arrives empty).
+TYPED_LR = r"^\s*(([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?)?\s*$"
+
+
+def choices(record: dict[str, Any]) -> dict[str, Any]:
+    """The gate's pick list, label -> value (an lr, or a slice as ``[lo, hi]``): the suggestion first, then the
+    race's candidates (a slice gate's as ``slice(c / ratio, c)``), low to high. Empty when nothing was suggested."""
+    s = record["suggestion"]
+    if s is None:
+        return {}
+    suggested = s["slice"] or s["lr"]
+    out = {f"{format_value(suggested)} (suggestion)": suggested}
+    race = s.get("race") or {}
+    ratio = race.get("slice_ratio")
+    for c in sorted(race.get("candidates", [])):
+        if takes_slice(record) and ratio is None:
+            continue  # a slice gate whose race gave no ratio: its candidates are not slices
+        value = [c / ratio, c] if takes_slice(record) else c
+        if format_value(value) != format_value(suggested):  # the winner is the suggestion: listed once
+            out.setdefault(f"{format_value(value)} (race candidate)", value)
+    return out
+
+
+def answer_form(record: dict[str, Any]) -> type[RunInput]:
+    """The gate's form: a decision, a pick list of the gate's choices (the suggestion is the default), and a typed
+    override as text (``3e-3`` or ``0.003``) that wins over the pick list when given. A typed value's bounds (the
+    lrs the range test tried) are the flow's to check (:func:`read_answer`): a JSON schema bounds numbers, not
+    text. A gate whose curve could not be read has no suggestion: its form offers override and reject only."""
+    s = record["suggestion"]
+    lo, hi = tested_range(record)
+    picks = list(choices(record))
     decisions = Literal["approve", "override", "reject"] if s is not None else Literal["override", "reject"]
     fields: dict[str, Any] = {
         "reviewer": (str, Field(min_length=1, description="who decides (required)")),
         "decision": (decisions, Field("approve" if s is not None else "override", description="what to do")),
-        "reason": (str, Field("", description="why (required to reject)")),
     }
+    if picks:
+        fields["choice"] = (
+            Literal[tuple(picks)],
+            Field(picks[0], description="override: train with this one of the gate's choices"),
+        )
+    typed = f"{lo:.1e} .. {hi:.1e}, e.g. 3e-3 or 0.003"
+    either = "; when given, it wins over the choice" if picks else ""
     if not takes_slice(record):
-        fields["lr"] = (float | None, Field(None, **bounded, description=f"override lr, {lo:.1e} .. {hi:.1e}"))
+        fields["lr"] = (str, Field("", pattern=TYPED_LR, description=f"override: or type an lr, {typed}{either}"))
     else:
-        fields["slice_lo"] = (
-            float | None,
-            Field(None, **bounded, description=f"override slice lo, {lo:.1e} .. {hi:.1e}"),
-        )
-        fields["slice_hi"] = (
-            float | None,
-            Field(None, **bounded, description=f"override slice hi, {lo:.1e} .. {hi:.1e}"),
-        )
+        for end in ("lo", "hi"):
+            fields[f"slice_{end}"] = (
+                str,
+                Field("", pattern=TYPED_LR, description=f"override: or type the slice's {end}, {typed}{either}"),
+            )
+    fields["reason"] = (str, Field("", description="why (required to reject)"))
     return create_model(f"Gate{record['gate'].title()}Answer", __base__=RunInput, **fields)
 
 
-def problem_with(answer: RunInput, record: dict[str, Any]) -> str | None:
-    """What the server's schema cannot check: the fields a decision needs, and lo <= hi."""
+def _typed(text: str) -> float | None:
+    return float(text) if text.strip() else None
+
+
+def read_answer(answer: RunInput, record: dict[str, Any]) -> tuple[Any, str | None]:
+    """The value an answer trains with (an lr, ``[lo, hi]``, or None to reject) and what is wrong with it, if
+    anything: what the server's schema cannot check (a reason to reject, a typed value inside the tested range,
+    both ends of a typed slice, lo <= hi, an approval that picked or typed another value)."""
+    lo, hi = tested_range(record)
+    picked = choices(record).get(getattr(answer, "choice", None))
+    if takes_slice(record):
+        typed = [_typed(answer.slice_lo), _typed(answer.slice_hi)]
+        if typed == [None, None]:
+            typed = None
+        elif None in typed:
+            return None, "a typed slice needs both slice_lo and slice_hi (or neither, to take the choice)"
+    else:
+        typed = _typed(answer.lr)
     if answer.decision == "reject":
-        return None if answer.reason.strip() else "a rejection needs a reason"
-    if answer.decision != "override":
-        return None
-    if not takes_slice(record):
-        return None if answer.lr is not None else "an override needs lr"
-    if answer.slice_lo is None or answer.slice_hi is None:
-        return "an override needs both slice_lo and slice_hi"
-    if answer.slice_lo > answer.slice_hi:
-        return f"slice_lo ({answer.slice_lo:g}) must not exceed slice_hi ({answer.slice_hi:g})"
-    return None
+        return None, None if answer.reason.strip() else "a rejection needs a reason"
+    if answer.decision == "approve":
+        if typed is not None or picked != _suggested_value(record):
+            shown = format_value(typed if typed is not None else picked)
+            return None, f"approve trains with the suggestion: set decision to override to train with {shown}"
+        return _suggested_value(record), None
+    value = typed if typed is not None else picked
+    if value is None:
+        return None, "an override needs a value: pick a choice or type one"
+    for v in value if isinstance(value, list) else [value]:
+        if not lo <= v <= hi:
+            return None, f"{v:g} is outside the lrs the range test tried, {lo:.3g} .. {hi:.3g}"
+    if isinstance(value, list) and value[0] > value[1]:
+        return None, f"slice_lo ({value[0]:g}) must not exceed slice_hi ({value[1]:g})"
+    return value, None
 
 
 def _decision(
@@ -162,6 +220,7 @@ def wait_for_review(
                 "suggestion": record["suggestion"],
                 "error": record.get("error"),
                 "takes_slice": takes_slice(record),
+                "tested_range": tested_range(record),
                 "plot": record["plot"],
                 "run_dir": str(run.run_dir),
             },
@@ -213,17 +272,12 @@ def wait_for_review(
                 ) from None
             value = _suggested_value(record) if gate.on_timeout == "approve" else None
             return _decision(record, gate, gate.on_timeout, "timeout", value, f"no answer within {gate.timeout} s")
-        problem = problem_with(answer, record)
+        value, problem = read_answer(answer, record)
         if problem is None:
             break
         logger.warning("gate %s: answer refused: %s; waiting again", name, problem)
         note = f"**Your last answer was refused: {problem}.**\n\n"
-    if answer.decision == "reject":
-        return _decision(record, gate, "reject", answer.reviewer, None, answer.reason)
-    if answer.decision == "override":
-        value = [answer.slice_lo, answer.slice_hi] if takes_slice(record) else answer.lr
-        return _decision(record, gate, "override", answer.reviewer, value, answer.reason)
-    return _decision(record, gate, "approve", answer.reviewer, _suggested_value(record), answer.reason)
+    return _decision(record, gate, answer.decision, answer.reviewer, value, answer.reason)
 
 
 def gate_decision(cfg: RunConfig, run: RunInfo, record: dict[str, Any], gate: GateConfig) -> dict[str, Any]:

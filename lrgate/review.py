@@ -1,15 +1,15 @@
 """The reviewer's side of a manual gate, against the Prefect API in ``PREFECT_API_URL``.
 
 ``pending()`` lists runs waiting at a gate; ``answer()`` resumes one with an approval, an override or a
-rejection. The server checks the answer against the gate's form (its lr bounds); what a schema cannot say
-(lo <= hi, a reason to reject, the right kind of override for the gate) is checked here first.
+rejection. The server checks the answer against the gate's form; what a schema cannot say (an lr inside the range
+the gate's test tried, lo <= hi, a reason to reject, the right kind of override for the gate) is checked here
+first, and again by the flow. An override is sent as text (the form's typed field), ``repr`` of the float: exact.
 """
 
 from __future__ import annotations
 
 import getpass
 import os
-import re
 from typing import Any
 from uuid import UUID
 
@@ -89,14 +89,6 @@ def pending() -> list[dict[str, Any]]:
     return waiting
 
 
-def _short_bounds(reason: str) -> str:
-    """The server names the form's bounds at full precision ("the maximum of 0.5108969774506921"): say them in
-    3 significant digits. Only the message is rounded: the server checked the exact bound."""
-    return re.sub(
-        r"(maximum|minimum) of (-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)", lambda m: f"{m[1]} of {float(m[2]):.3g}", reason
-    )
-
-
 def answer(
     run_id: str,
     *,
@@ -153,12 +145,20 @@ def answer(
             raise ReviewError(f"gate {info['gate']} trains with a slice: use --slice LO,HI")
         if slice_ is not None and not takes_slice:
             raise ReviewError(f"gate {info['gate']} trains with one lr: use --lr")
+        given = [lr] if lr is not None else list(slice_ or ())
+        if given and info.get("tested_range"):  # not published by older runs: the flow checks it either way
+            lo, hi = info["tested_range"]
+            for v in given:
+                if not lo <= v <= hi:
+                    raise ReviewError(
+                        f"{v:g} is outside the lrs gate {info['gate']}'s range test tried, {lo:.3g} .. {hi:.3g}"
+                    )
         if lr is not None:
-            body["lr"] = lr
+            body["lr"] = repr(lr)
         if slice_ is not None:
-            body["slice_lo"], body["slice_hi"] = slice_
+            body["slice_lo"], body["slice_hi"] = repr(slice_[0]), repr(slice_[1])
         response = client.resume_flow_run(flow_run_id, run_input=body)
     if response.status.value != "ACCEPT":
-        reason = _short_bounds((response.details.reason or "refused").replace("\n", " "))
+        reason = (response.details.reason or "refused").replace("\n", " ")
         raise ReviewError(f"the server refused the answer: {reason}")
     return {"gate": info["gate"], **body}

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from lrgate.flows.gates import answer_form, choices, read_answer
 
 from lrgate.review import pending
 from tests.conftest import tiny_config
@@ -90,18 +91,19 @@ def test_bad_answers_are_refused_and_the_run_stays_paused_then_a_rejection_stops
     proc = start(tiny_config(tmp_path, MANUAL), run_dir)
     gate1 = waiting(run_dir, "frozen", proc)
 
-    # Outside the tested range: the server refuses it against the form's schema.
+    # Outside the tested range: refused before it is sent, the bound in 3 significant digits (checked exactly).
     out = lrgate("approve", gate1["run_id"], "--lr", "1e9")
     assert out.returncode == 1 and out.stderr.count("\n") == 1
-    assert "the server refused the answer" in out.stderr and "greater than the maximum" in out.stderr
-    # The bound in 3 significant digits, not at full precision (the server's check is exact).
-    hi = json.loads((run_dir / "gate-frozen" / "suggestion.json").read_text())["tested_range"][1]
-    assert f"greater than the maximum of {hi:.3g}" in out.stderr and repr(hi) not in out.stderr
+    lo, hi = json.loads((run_dir / "gate-frozen" / "suggestion.json").read_text())["tested_range"]
+    assert f"1e+09 is outside the lrs gate frozen's range test tried, {lo:.3g} .. {hi:.3g}" in out.stderr
+    # Not a number (what the UI's number input made of 3e-3): the server refuses it against the form's schema.
+    with pytest.raises(RuntimeError, match="does not match"):
+        resume_flow_run(gate1["run_id"], run_input={"reviewer": "eve", "decision": "override", "lr": "3-3"})
     # The wrong kind of override, and an empty reason: refused before they are sent.
     assert "use --lr" in lrgate("approve", gate1["run_id"], "--slice", "1e-5,1e-3").stderr
     assert "needs a reason" in lrgate("reject", gate1["run_id"], "--reason", " ").stderr
-    # Passes the schema but not the flow's check (an override without its value): the gate waits again.
-    resume_flow_run(gate1["run_id"], run_input={"reviewer": "eve", "decision": "override"})
+    # Passes the schema but not the flow's check (a typed lr outside the tested range): the gate waits again.
+    resume_flow_run(gate1["run_id"], run_input={"reviewer": "eve", "decision": "override", "lr": repr(hi * 10)})
     time.sleep(3)
     again = waiting(run_dir, "frozen", proc)
     assert again["run_id"] == gate1["run_id"]
@@ -201,3 +203,64 @@ def test_an_unreadable_gate_cached_by_an_older_lrgate_fails_with_a_clear_reason(
     old = {"gate": "frozen", "suggestion": None, "error": "the curve is empty", "curve_csv": "c.csv", "seconds": 1}
     with pytest.raises(CurveError, match="the curve is empty .*recorded by an older lrgate: start a new run"):
         gate_decision(cfg, run, old, cfg.gates.frozen)
+
+
+def gate_record(takes_slice: bool = False, race: bool = True) -> dict:
+    """A gate's record as the lr-suggest stage returns it (only what the form reads)."""
+    suggestion = {
+        "lr": 1e-3,
+        "slice": [1e-4, 1e-3] if takes_slice else None,
+        "tested_range": [1e-7, 0.5],
+        "race": {"candidates": [1e-3, 3e-4, 3e-3], "slice_ratio": 10.0 if takes_slice else None} if race else None,
+    }
+    return {"gate": "unfrozen" if takes_slice else "frozen", "suggestion": suggestion, "takes_slice": takes_slice}
+
+
+def test_the_form_offers_the_suggestion_and_the_race_candidates_and_reads_a_typed_lr_in_any_notation():
+    record = gate_record()
+    form = answer_form(record)
+    schema = form.model_json_schema()["properties"]
+    assert schema["choice"]["enum"] == [
+        "1.00e-03 (suggestion)",
+        "3.00e-04 (race candidate)",
+        "3.00e-03 (race candidate)",
+    ]
+    assert schema["choice"]["default"] == "1.00e-03 (suggestion)"  # the pick list never starts empty
+    assert schema["lr"]["type"] == "string"  # the UI's number input would drop the "e" of 3e-3
+    for typed in ("3e-3", "0.003", "3E-3", " 3.0e-03 "):
+        assert read_answer(form(reviewer="ann", decision="override", lr=typed), record) == (0.003, None)
+    assert read_answer(form(reviewer="ann", decision="override", choice="3.00e-04 (race candidate)"), record) == (
+        3e-4,
+        None,
+    )
+    assert read_answer(form(reviewer="ann", decision="override"), record) == (1e-3, None)  # the default choice
+    assert read_answer(form(reviewer="ann"), record) == (1e-3, None)  # approve
+    for bad in ("3-3", "e-3", "-0.003", "0.003 lr"):
+        with pytest.raises(ValueError, match="should match pattern"):
+            form(reviewer="ann", decision="override", lr=bad)
+    # What the schema cannot say, the flow checks: the bounds, and an approval that picked another value.
+    assert read_answer(form(reviewer="ann", decision="override", lr="2"), record)[1] == (
+        "2 is outside the lrs the range test tried, 1e-07 .. 0.5"
+    )
+    assert "set decision to override" in read_answer(form(reviewer="ann", lr="3e-3"), record)[1]
+
+
+def test_a_slice_gates_choices_are_slices_and_a_typed_slice_needs_both_ends():
+    record = gate_record(takes_slice=True)
+    assert list(choices(record)) == [
+        "slice(1.00e-04, 1.00e-03) (suggestion)",
+        "slice(3.00e-05, 3.00e-04) (race candidate)",
+        "slice(3.00e-04, 3.00e-03) (race candidate)",
+    ]
+    form = answer_form(record)
+    assert read_answer(form(reviewer="bo", decision="override", slice_lo="1e-5", slice_hi="1E-4"), record) == (
+        [1e-5, 1e-4],
+        None,
+    )
+    assert "needs both" in read_answer(form(reviewer="bo", decision="override", slice_lo="1e-5"), record)[1]
+    assert (
+        "must not exceed"
+        in read_answer(form(reviewer="bo", decision="override", slice_lo="1e-3", slice_hi="1e-4"), record)[1]
+    )
+    # a slice gate whose race raced no slices (race: off) offers the suggestion alone
+    assert list(choices(gate_record(takes_slice=True, race=False))) == ["slice(1.00e-04, 1.00e-03) (suggestion)"]

@@ -6,6 +6,7 @@ Uses Debian's chromium and chromium-driver (``make test`` installs them when mis
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -56,6 +57,58 @@ def wait_for(driver, text: str, timeout: float = 60) -> None:
         time.sleep(0.5)
 
 
+def form_field(driver, label: str):
+    """The input (a text box, or a native select) of the Resume form's field titled ``label``."""
+    from selenium.webdriver.common.by import By
+
+    prop = (
+        "//div[contains(concat(' ', @class, ' '), ' schema-form-property ')]"
+        f"[.//span[contains(@class, 'schema-form-property__label')][starts-with(normalize-space(.), '{label}')]]"
+    )
+    return driver.find_element(By.XPATH, f"{prop}//*[self::textarea or self::select or self::input][1]")
+
+
+def open_resume_form(driver, ui: str, run_id: str, gate: str) -> None:
+    from selenium.webdriver.common.by import By
+
+    driver.get(f"{ui}/runs/flow-run/{run_id}")
+    wait_for(driver, "Paused")
+    resume = [b for b in driver.find_elements(By.TAG_NAME, "button") if b.text.strip() == "Resume"]
+    assert resume, "no Resume button on the paused run's page"
+    resume[0].click()
+    wait_for(driver, f"Review gate {gate}")
+
+
+def test_an_lr_typed_in_scientific_notation_in_the_ui_form_is_what_train_frozen_trains_with(
+    prefect_api, tmp_path, browser
+):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    ui = prefect_api.removesuffix("/api")
+    run_dir = tmp_path / "run"
+    proc = start(tiny_config(tmp_path, MANUAL), run_dir)
+    gate1 = waiting(run_dir, "frozen", proc)
+    open_resume_form(browser, ui, gate1["run_id"], "frozen")
+    form_field(browser, "Lr").send_keys("3e-3")
+    assert form_field(browser, "Lr").get_attribute("value") == "3e-3"  # not "3-3", as a number input made it
+    choice = Select(form_field(browser, "Choice"))
+    assert choice.first_selected_option.text.endswith("(suggestion)")  # a default, never "None"
+    assert len(choice.options) > 1  # the race's candidates too
+    form_field(browser, "Reviewer").send_keys("uma")
+    Select(form_field(browser, "Decision")).select_by_visible_text("override")
+    submit = [b for b in browser.find_elements(By.TAG_NAME, "button") if b.text.strip() == "Submit"]
+    submit[-1].click()
+
+    gate2 = waiting(run_dir, "unfrozen", proc)
+    assert lrgate("approve", gate2["run_id"]).returncode == 0
+    code, log = finish(proc)
+    assert code == 0, log[-2000:]
+    decision = json.loads((run_dir / "gate-frozen" / "decision.json").read_text())
+    assert (decision["action"], decision["reviewer"], decision["value"]) == ("override", "uma", 0.003)
+    assert json.loads((run_dir / "metrics-train-frozen.json").read_text())["fit_lr"] == 0.003
+
+
 def test_the_ui_shows_the_paused_gates_form_and_review_artifact(prefect_api, tmp_path, browser):
     from selenium.webdriver.common.by import By
 
@@ -67,12 +120,7 @@ def test_the_ui_shows_the_paused_gates_form_and_review_artifact(prefect_api, tmp
     assert lrgate("approve", gate1["run_id"]).returncode == 0
     gate2 = waiting(run_dir, "unfrozen", proc)
 
-    browser.get(f"{ui}/runs/flow-run/{gate2['run_id']}")
-    wait_for(browser, "Paused")
-    resume = [b for b in browser.find_elements(By.TAG_NAME, "button") if b.text.strip() == "Resume"]
-    assert resume, "no Resume button on the paused run's page"
-    resume[0].click()
-    wait_for(browser, "Review gate unfrozen")
+    open_resume_form(browser, ui, gate2["run_id"], "unfrozen")
     for label in ("Reviewer", "Decision", "Slice Lo", "Slice Hi", "Reason"):
         assert label in browser.page_source
     images = [i.get_attribute("src") or "" for i in browser.find_elements(By.TAG_NAME, "img")]
