@@ -489,6 +489,7 @@ def score(args: argparse.Namespace) -> int:
     extra |= efficacy.race_methods(args.data)
     for n in args.sweeps:
         extra[f"Optuna TPE sweep ({n} trainings)"] = efficacy.sweep_method(bench, args.split, n)
+    extra[efficacy.OWN_GRID] = efficacy.own_seed_grid(bench, args.split)
     table = efficacy.score_table(bench, args.split, extra=extra)
     print(efficacy.format_table(table, args.split))
     print()

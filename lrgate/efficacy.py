@@ -154,6 +154,21 @@ def race_methods(folder: str | Path) -> dict[str, Recorded]:
     return out
 
 
+OWN_GRID = "own seed's whole grid (one run's best possible)"
+
+
+def own_seed_grid(bench: Benchmark, split: str) -> Recorded:
+    """The floor of any decision that rests on one run's own trainings: each curve's own seed's best grid lr,
+    scored like every method against the split's mean over seeds; it costs the whole grid."""
+    lrs, costs = {}, {}
+    for task, s in bench.pairs(split):
+        for stage in STAGES:
+            own = mean_accuracy(bench.grid, task, stage, [s])
+            lrs[(task, s, stage)] = float(own.idxmax())
+            costs[(task, s, stage)] = float(len(own))
+    return Recorded(lrs, costs)
+
+
 def sweep_method(bench: Benchmark, split: str, n_trials: int, seed: int = 0) -> Recorded:
     """What a user would run instead of a gate: an Optuna TPE sweep of ``n_trials`` full trainings per curve over
     log lr, each trial's accuracy read from that seed's own grid (interpolated), the best trial's lr kept."""
