@@ -42,16 +42,7 @@ def review_figure(s: Suggestion, *, show_maxima: bool = False) -> Figure:
         race_panel(ax_race, s.race)
         for name, lr in s.race.rule_picks.items():
             ax.axvline(lr, color="0.6", lw=0.8, ls=(0, (2, 2)))
-            ax.annotate(
-                name,
-                (lr, 1.0),
-                xycoords=("data", "axes fraction"),
-                fontsize=7,
-                rotation=90,
-                va="top",
-                ha="right",
-                color="0.4",
-            )
+            _vertical_label(ax, name, lr, top=True, color="0.4")
     ax_grad = ax.twinx()
 
     ax.plot(lrs, df["loss"], color=LOSS_COLOR, lw=1.8, label="loss (smoothed)")
@@ -116,16 +107,7 @@ def race_panel(ax, race: Race) -> None:
         )
         for t in trials:
             if _shown(t, race.score) is None:
-                ax.annotate(
-                    "diverged",
-                    (t.lr, 0.02),
-                    xycoords=("data", "axes fraction"),
-                    fontsize=7,
-                    rotation=90,
-                    ha="center",
-                    va="bottom",
-                    color="tab:red",
-                )
+                _vertical_label(ax, "diverged", t.lr, top=False, color="tab:red")
     best = [t for t in race.trials if t.lr == race.winner and t.rung == race.trials[-1].rung]
     if best and _shown(best[0], race.score) is not None:
         ax.plot(
@@ -149,6 +131,20 @@ def race_panel(ax, race: Race) -> None:
     )
     ax.grid(True, which="major", alpha=0.3)
     ax.legend(loc="best", fontsize=8)
+
+
+def _vertical_label(ax, text: str, lr: float, *, top: bool, color: str) -> None:
+    """A small upright label at ``lr``, hanging from the top of the axes or standing on its bottom."""
+    ax.annotate(
+        text,
+        (lr, 1.0 if top else 0.02),
+        xycoords=("data", "axes fraction"),
+        fontsize=7,
+        rotation=90,
+        va="top" if top else "bottom",
+        ha="right" if top else "center",
+        color=color,
+    )
 
 
 def _shown(t: Trial, score: str) -> float | None:
