@@ -182,6 +182,14 @@ def _suggested_value(record: dict[str, Any]) -> Any:
     return None if s is None else s["slice"] or s["lr"]
 
 
+def _artifact_url(record: dict[str, Any]) -> str | None:
+    """The UI page of the gate's review artifact (the form's page at full width), when the UI's address is known."""
+    from prefect.settings import get_current_settings
+
+    ui = get_current_settings().ui_url
+    return f"{ui}/artifacts/artifact/{record['artifact_id']}" if ui and record.get("artifact_id") else None
+
+
 def _release_accelerator() -> None:
     """A GPU is never held across a gate: the stages' Learners are gone; give their cached memory back."""
     gc.collect()
@@ -211,7 +219,7 @@ def wait_for_review(
     logger = get_run_logger()
     name = record["gate"]
     form = answer_form(record)
-    page = gate_markdown(record, f"Review gate {name} of run {run.run_id}")
+    page = gate_markdown(record, f"Review gate {name} of run {run.run_id}", full_page=_artifact_url(record))
     try:
         create_flow_run_input(
             PENDING_KEY.format(gate=name),

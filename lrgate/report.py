@@ -23,8 +23,9 @@ def markdown_table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> l
     return lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
 
 
-def race_markdown(race: dict[str, Any]) -> list[str]:
-    """A race record (``Race.to_dict``) as markdown lines: a table of its trials, the curve rules, its cost."""
+def race_markdown(race: dict[str, Any], compact: bool = False) -> list[str]:
+    """A race record (``Race.to_dict``) as markdown lines: its trials, the curve rules, its cost. The trials are a
+    table, or with ``compact`` one line each (a page as narrow as Prefect's Resume form scrolls a wide table)."""
     score = race["score"]
     last_rung = max(t["rung"] for t in race["trials"])
     rows = []
@@ -36,13 +37,21 @@ def race_markdown(race: dict[str, Any]) -> list[str]:
         rows.append([t["rung"], lr, t["iterations"], loss, *([metric] if score != "valid_loss" else [])])
     header = ["rung", "lr" if race["slice_ratio"] is None else "slice hi", "iterations", "valid_loss"]
     header += [score] if score != "valid_loss" else []
+    if compact:
+        trials = [
+            f"- rung {r[0]}: {header[1]} {r[1]}, {r[2]} iterations: "
+            + ", ".join(f"{h} {v}" for h, v in zip(header[3:], r[3:], strict=True))
+            for r in rows
+        ]
+    else:
+        trials = markdown_table(header, rows)
     cost = race["cost"]
     ratio = "" if race["slice_ratio"] is None else f" Slices keep the curve's ratio, hi / {race['slice_ratio']:.3g}."
     return [
         f"**Race** (ranked by {score}): {len(race['candidates'])} candidates in short trials of the stage's own "
         f"schedule; winner **{race['winner']:.2e}**.{ratio}",
         "",
-        *markdown_table(header, rows),
+        *trials,
         "",
         "Curve rules' picks: " + ", ".join(f"{k} {v:.2e}" for k, v in race["rule_picks"].items()) + ".",
         f"Cost: {cost['iterations']} iterations, {cost['seconds']:.0f} s, {cost['trainings']:.2f} trainings of the "

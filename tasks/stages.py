@@ -148,9 +148,28 @@ def build_learner(cfg: RunConfig, run: RunInfo) -> dict[str, Any]:
     return result
 
 
-def gate_markdown(record: dict[str, Any], title: str) -> str:
-    """A gate's review page: the suggestion, the choices table and the plot (embedded, so the UI shows it)."""
+def _choices_list(choices: str) -> str:
+    """The choices table (``format_choices``) as a markdown list: a preformatted block as wide as the table
+    scrolls sideways on a narrow page, and a list wraps. Runs of spaces (the table's columns) become commas."""
+    items = []
+    for line in choices.splitlines():
+        cells = [c for c in line.strip().split("  ") if c.strip() not in ("", "-")]
+        if not cells or line.strip().startswith("1st"):
+            continue  # the header of the best-choices rows: said in their own text
+        head, *rest = (c.strip() for c in cells)
+        if head in ("gradient", "loss"):
+            items.append(f"- best by {head}, right to left: {', '.join(rest) or 'none'}")
+        else:
+            items.append(f"- {', '.join([head, *rest])}")
+    return "\n".join(i for i in items if i != "- best choices, right to left:")
+
+
+def gate_markdown(record: dict[str, Any], title: str, full_page: str | None = None) -> str:
+    """A gate's review page: the suggestion, the plot (embedded, so the UI shows it), the warnings, the race and the
+    choices, then the files. ``full_page`` (a URL: the gate's artifact) is linked under the plot, to read it large."""
     png = base64.b64encode(Path(record["plot"]).read_bytes()).decode()
+    link = f"[Open this page full width, to read the plot large]({full_page})\n\n" if full_page else ""
+    folder = Path(record["plot"]).parent
     s = record["suggestion"]
     if s is None:  # the curve could not be read: its graph, and what a person may still decide
         lo, hi = record["tested_range"]
@@ -158,18 +177,21 @@ def gate_markdown(record: dict[str, Any], title: str) -> str:
         return (
             f"# {title}\n\n**The range test cannot be read ({record['state']}):** {record['error']}\n\n"
             f"No suggestion to approve: override with {kind} inside the tested range {lo:.1e} .. {hi:.1e}, or "
-            f"reject.\n\n![the recorded curve](data:image/png;base64,{png})\n\n"
-            f"Files: `{record['plot']}`, `{record['curve_csv']}`\n"
+            f"reject.\n\n![the recorded curve](data:image/png;base64,{png})\n\n{link}"
+            f"**Files**, in {folder}:\n\n- {Path(record['plot']).name} (the plot)\n"
+            f"- {Path(record['curve_csv']).name} (the curve: lr, loss)\n"
         )
     value = format_value(s["slice"]) if s["slice"] else f"lr = {format_value(s['lr'])}"
     warnings = "".join(f"\n- {w}" for w in s["warnings"]) or "\n- none"
     how = "the race" if s.get("race") else s["method"]
-    race = "\n".join(race_markdown(s["race"])) + "\n\n" if s.get("race") else ""
+    race = "\n".join(race_markdown(s["race"], compact=True)) + "\n\n" if s.get("race") else ""
     return (
-        f"# {title}\n\n**Suggestion ({s['state']}, {how}):** `{value}`\n\n{race}"
-        f"```\n{record['choices']}\n```\n\n**Warnings:**{warnings}\n\n"
-        f"![review plot](data:image/png;base64,{png})\n\n"
-        f"Files: `{record['plot']}`, `{record['frame_csv']}`, `{record['curve_csv']}`\n"
+        f"# {title}\n\n**Suggestion ({s['state']}, {how}):** `{value}`\n\n"
+        f"![review plot](data:image/png;base64,{png})\n\n{link}**Warnings:**{warnings}\n\n{race}"
+        f"**The range test's choices:**\n\n{_choices_list(record['choices'])}\n\n"
+        f"**Files**, in {folder}:\n\n- {Path(record['plot']).name} (the plot)\n"
+        f"- {Path(record['frame_csv']).name} (the data behind it)\n"
+        f"- {Path(record['curve_csv']).name} (the curve: lr, loss)\n"
     )
 
 
@@ -184,9 +206,10 @@ def lr_suggest(cfg: RunConfig, run: RunInfo, checkpoint: str, gate: str) -> dict
         record = stages.range_test(cfg, run, checkpoint, gate, log=get_run_logger().info)
     record["gpu_slot"] = slot
     title = f"Gate {'1' if gate == 'frozen' else '2'} ({gate}) of run {run.run_id}"
-    create_markdown_artifact(
+    artifact = create_markdown_artifact(
         gate_markdown(record, title), key=artifact_key(cfg, f"gate-{gate}"), description=f"lrgate review: {title}"
     )
+    record["artifact_id"] = str(artifact)  # the gate's form links to it: the same page, full width
     if record["suggestion"] is None:
         return record
     s = record["suggestion"]

@@ -68,6 +68,21 @@ def form_field(driver, label: str):
     return driver.find_element(By.XPATH, f"{prop}//*[self::textarea or self::select or self::input][1]")
 
 
+def sideways_scrollers(driver) -> list[str]:
+    """Elements of the review page on the Resume form (its markdown) that are wider than their box, and scroll."""
+    return driver.execute_script(
+        """
+        const bad = [];
+        for (const e of document.querySelectorAll('.markdown-renderer, .markdown-renderer *')) {
+          const x = getComputedStyle(e).overflowX;
+          if ((x === 'auto' || x === 'scroll') && e.scrollWidth > e.clientWidth + 1)
+            bad.push(e.tagName + ': ' + e.textContent.slice(0, 60));
+        }
+        return bad;
+        """
+    )
+
+
 def open_resume_form(driver, ui: str, run_id: str, gate: str) -> None:
     from selenium.webdriver.common.by import By
 
@@ -90,6 +105,13 @@ def test_an_lr_typed_in_scientific_notation_in_the_ui_form_is_what_train_frozen_
     proc = start(tiny_config(tmp_path, MANUAL), run_dir)
     gate1 = waiting(run_dir, "frozen", proc)
     open_resume_form(browser, ui, gate1["run_id"], "frozen")
+    time.sleep(1)
+    shots = Path(os.environ.get("LRGATE_SCREENSHOTS", tmp_path))
+    browser.save_screenshot(str(shots / "approve-lr.png"))
+    # Readable at a glance: nothing in the form scrolls sideways (the race, the choices, the file paths)
+    assert sideways_scrollers(browser) == []
+    links = [a.get_attribute("href") or "" for a in browser.find_elements(By.PARTIAL_LINK_TEXT, "full width")]
+    assert links and "/artifacts/artifact/" in links[0], "no link to the review page at full width"
     form_field(browser, "Lr").send_keys("3e-3")
     assert form_field(browser, "Lr").get_attribute("value") == "3e-3"  # not "3-3", as a number input made it
     choice = Select(form_field(browser, "Choice"))
