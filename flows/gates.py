@@ -209,6 +209,53 @@ def _running_again() -> None:
         client.set_flow_run_state(flow_run.id, Running(), force=True)
 
 
+def _answered_while_suspended(form: type[RunInput], key: str) -> RunInput | None:
+    """The answer to a suspended gate's form, when this is the deployed run's re-run after it was answered."""
+    from prefect.input.actions import read_flow_run_input
+    from prefect.input.run_input import keyset_from_base_key
+
+    value = read_flow_run_input(keyset_from_base_key(f"suspended-{key}")["response"])  # None: not answered
+    return None if value is None else form(**value)
+
+
+def _wait(cfg: RunConfig, record: dict[str, Any], gate: GateConfig, wait, form: type[RunInput], key: str, attempt: int):
+    """Announce the gate (log line with the UI link, event), pause or suspend until its form is answered; return the
+    answer, or None when the gate's timeout ran out and its ``on_timeout`` goes on (else :class:`GateTimeout`)."""
+    logger = get_run_logger()
+    name = record["gate"]
+    logger.info(
+        "gate %s waits for review: %s (answer in the UI, or `lrgate approve %s`)", name, flow_run.ui_url, flow_run.id
+    )
+    emit_event(
+        "lrgate.gate.waiting",
+        resource={"prefect.resource.id": f"prefect.flow-run.{flow_run.id}"},
+        payload={
+            "gate": name,
+            "config": cfg.name,
+            "suggestion": _suggested_value(record),
+            "ui_url": flow_run.ui_url,
+            "attempt": attempt,
+        },
+    )
+    # reviewer stays without a default, so the UI form requires it (the CLI sends the user name)
+    kwargs = {"timeout": gate.timeout, "key": key}
+    if wait is pause_flow_run:
+        kwargs["poll_interval"] = POLL_SECONDS
+    try:
+        return wait(wait_for_input=form, **kwargs)
+    except FlowPauseTimeout:
+        logger.warning("gate %s: no answer in %d s: %s", name, gate.timeout, gate.on_timeout)
+        _running_again()
+        if gate.on_timeout == "fail":
+            raise GateTimeout(f"gate {name}: no review within {gate.timeout} s (on_timeout: fail)") from None
+        if gate.on_timeout == "approve" and record["suggestion"] is None:
+            raise GateTimeout(
+                f"gate {name}: no review within {gate.timeout} s, and no suggestion to approve "
+                f"(on_timeout: approve): {record['error']}"
+            ) from None
+        return None
+
+
 def wait_for_review(
     cfg: RunConfig, run: RunInfo, record: dict[str, Any], gate: GateConfig, why: str = ""
 ) -> dict[str, Any]:
@@ -244,42 +291,15 @@ def wait_for_review(
     wait = suspend_flow_run if deployment.id else pause_flow_run
     note = f"**Escalated to review: {why}.**\n\n" if why else ""
     for attempt in itertools.count(1):  # until an answer passes the checks the schema cannot make
-        logger.info(
-            "gate %s waits for review: %s (answer in the UI, or `lrgate approve %s`)",
-            name,
-            flow_run.ui_url,
-            flow_run.id,
-        )
-        emit_event(
-            "lrgate.gate.waiting",
-            resource={"prefect.resource.id": f"prefect.flow-run.{flow_run.id}"},
-            payload={
-                "gate": name,
-                "config": cfg.name,
-                "suggestion": _suggested_value(record),
-                "ui_url": flow_run.ui_url,
-                "attempt": attempt,
-            },
-        )
-        # reviewer stays without a default, so the UI form requires it (the CLI sends the user name)
-        described = form.with_initial_data(description=note + page)
-        kwargs = {"timeout": gate.timeout, "key": f"gate-{name}-{attempt}"}
-        if wait is pause_flow_run:
-            kwargs["poll_interval"] = POLL_SECONDS
-        try:
-            answer = wait(wait_for_input=described, **kwargs)
-        except FlowPauseTimeout:
-            logger.warning("gate %s: no answer in %d s: %s", name, gate.timeout, gate.on_timeout)
-            _running_again()
-            if gate.on_timeout == "fail":
-                raise GateTimeout(f"gate {name}: no review within {gate.timeout} s (on_timeout: fail)") from None
-            if gate.on_timeout == "approve" and record["suggestion"] is None:
-                raise GateTimeout(
-                    f"gate {name}: no review within {gate.timeout} s, and no suggestion to approve "
-                    f"(on_timeout: approve): {record['error']}"
-                ) from None
-            value = _suggested_value(record) if gate.on_timeout == "approve" else None
-            return _decision(record, gate, gate.on_timeout, "timeout", value, f"no answer within {gate.timeout} s")
+        key = f"gate-{name}-{attempt}"
+        answer = _answered_while_suspended(form, key) if wait is suspend_flow_run else None
+        if answer is not None:  # a deployed run's re-run after the resume: say what happened, not "waits" again
+            logger.info("gate %s: answered while suspended, by %s: %s", name, answer.reviewer, answer.decision)
+        else:
+            answer = _wait(cfg, record, gate, wait, form.with_initial_data(description=note + page), key, attempt)
+            if answer is None:  # no answer within the gate's timeout
+                value = _suggested_value(record) if gate.on_timeout == "approve" else None
+                return _decision(record, gate, gate.on_timeout, "timeout", value, f"no answer within {gate.timeout} s")
         value, problem = read_answer(answer, record)
         if problem is None:
             break

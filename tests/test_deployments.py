@@ -92,6 +92,14 @@ def test_a_deployed_manual_gate_suspends_and_resumes_with_finished_stages_cached
     assert summary["stage_states"]["train-frozen"] == summary["stage_states"]["gate-unfrozen"] == "Cached"
     assert summary["stage_states"]["fine-tune"] == "Completed"
     assert summary["decisions"]["unfrozen"]["reviewer"] == "dora"
+    # Each gate waited once; the re-run after its resume says what happened instead of waiting (and suspending) again.
+    logs = [r.message for r in run_logs(run_id)]
+    assert sum("waits for review" in m for m in logs) == 2, logs
+    assert sum(m.startswith("Suspending flow run") for m in logs) == 2, logs
+    assert [m for m in logs if "answered while suspended" in m] == [
+        "gate frozen: answered while suspended, by dora: approve",
+        "gate unfrozen: answered while suspended, by dora: approve",
+    ]
 
 
 def run_logs(run_id: str) -> list:
