@@ -57,7 +57,8 @@ def _run(args: argparse.Namespace) -> int:
     from lrgate.flows.pipeline import pipeline
 
     out = args.resume or args.out
-    state = pipeline(str(args.config), str(out) if out else None, return_state=True)
+    with temporary_server():
+        state = pipeline(str(args.config), str(out) if out else None, return_state=True)
     if state.is_cancelled():
         print(f"lrgate: {state.message}", file=sys.stderr)
         return 3
@@ -67,6 +68,20 @@ def _run(args: argparse.Namespace) -> int:
         print(f"gate {gate}: {d['value']} ({d['action']} by {d['reviewer']}, {d['source']})")
     print(f"report: {summary['report']}\nmodel: {summary['model']}")
     return 0
+
+
+@contextlib.contextmanager
+def temporary_server():
+    """Without ``PREFECT_API_URL``, start Prefect's temporary server here, tied to this process: a SIGKILL of
+    ``lrgate run`` takes it along. With ``PREFECT_API_URL`` set, nothing to do: that server is someone else's."""
+    from prefect.settings import get_current_settings
+
+    settings = get_current_settings()
+    if not settings.api.url and settings.server.ephemeral.enabled:
+        from lrgate.process_groups import start_tied_server
+
+        start_tied_server()
+    yield
 
 
 def check_writable(folder: Path) -> None:
