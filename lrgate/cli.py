@@ -72,16 +72,29 @@ def _run(args: argparse.Namespace) -> int:
 
 @contextlib.contextmanager
 def temporary_server():
-    """Without ``PREFECT_API_URL``, start Prefect's temporary server here, tied to this process: a SIGKILL of
-    ``lrgate run`` takes it along. With ``PREFECT_API_URL`` set, nothing to do: that server is someone else's."""
+    """Without ``PREFECT_API_URL``, start Prefect's temporary server here, tied to this process (a SIGKILL of
+    ``lrgate run`` takes it along), and watch it: if it dies mid-run (its PREFECT_HOME removed, killed), say so in
+    one line and exit 1 at once. Prefect's clients would wait on the dead address for about 15 minutes, and the
+    flow cannot report anything without its server; every file of the run folder is written whole, so what
+    finished stays. With ``PREFECT_API_URL`` set, nothing to do: that server is someone else's."""
     from prefect.settings import get_current_settings
 
     settings = get_current_settings()
-    if not settings.api.url and settings.server.ephemeral.enabled:
-        from lrgate.process_groups import start_tied_server
+    if settings.api.url or not settings.server.ephemeral.enabled:
+        yield
+        return
+    from lrgate.process_groups import ServerWatch, start_tied_server
 
-        start_tied_server()
-    yield
+    def died(message: str) -> None:
+        sys.stderr.write(f"lrgate: error: {message}\n")
+        sys.stderr.flush()
+        os._exit(1)  # the engine's threads wait on the dead server: no clean way through them
+
+    watch = ServerWatch(start_tied_server(), died)
+    try:
+        yield
+    finally:
+        watch.stop()
 
 
 def check_writable(folder: Path) -> None:

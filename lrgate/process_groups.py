@@ -87,3 +87,34 @@ def start_tied_server():
     server = TiedServer()
     server.start()
     return server
+
+
+class ServerWatch:
+    """A thread that watches a temporary server (:func:`start_tied_server`) and calls ``on_death(message)`` once
+    if its process ends while the watch is on (Prefect's clients would otherwise retry against the dead address
+    for many minutes). :meth:`stop` before the server is stopped on purpose."""
+
+    def __init__(self, server, on_death, every: float = 1.0) -> None:
+        import threading
+
+        self.server, self.on_death, self.every = server, on_death, every
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="lrgate-server-watch", daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        process = self.server.server_process
+        while not self._stop.wait(self.every):
+            if process is None or process.poll() is None:
+                continue
+            if not self._stop.is_set():
+                self.on_death(
+                    f"Prefect's temporary server (pid {process.pid}, {self.server.api_url}) stopped mid-run "
+                    f"(exit status {process.returncode}); the run folder keeps the stages that finished: resume "
+                    "with lrgate run CONFIG --resume RUN_DIR"
+                )
+            return
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()

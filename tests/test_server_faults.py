@@ -104,6 +104,30 @@ def start_run(tmp_path):
                 server.kill()
 
 
+def test_a_dead_server_ends_the_run_in_one_line_and_keeps_what_finished(start_run):
+    proc, run_dir, err = start_run()
+    gate_2 = run_dir / "gate-unfrozen" / "suggestion.json"
+    poll(gate_2.is_file, 600, "gate 2's suggestion", proc, err)
+    server = poll(lambda: server_child(proc.pid), 30, "temporary server", proc, err)
+    start_run.remember(proc, server)
+    finished = [run_dir / "metrics-train-frozen.json", run_dir / "checkpoints" / "1-frozen.pth", gate_2]
+    assert all(f.is_file() for f in finished)
+
+    server.kill()
+    try:
+        code = proc.wait(timeout=90)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"lrgate still runs 90 s after its server died:\n{err.read_text()[-3000:]}")
+
+    stderr = err.read_text()
+    errors = [line for line in stderr.splitlines() if line.startswith("lrgate: error:")]
+    assert code != 0
+    assert len(errors) == 1, stderr[-3000:]
+    assert "server" in errors[0] and "--resume" in errors[0], errors[0]
+    assert "Traceback" not in stderr, stderr[-3000:]
+    assert all(f.is_file() for f in finished), "a finished stage's file went missing"
+
+
 def test_kill_9_of_lrgate_takes_its_temporary_server_along(start_run):
     proc, run_dir, err = start_run()
     server = poll(lambda: server_child(proc.pid), 300, "temporary server", proc, err)
