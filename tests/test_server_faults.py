@@ -139,3 +139,92 @@ def test_kill_9_of_lrgate_takes_its_temporary_server_along(start_run):
     while not gone(server) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert gone(server), f"the temporary server (pid {server.pid}) outlived lrgate's SIGKILL"
+
+
+# A shared server: the UI on a port other than 4200, and basic auth (README: "A server on another port, shared").
+AUTH = "reviewer:s3cret"
+
+
+@pytest.fixture(scope="module")
+def shared_server(tmp_path_factory):
+    """``prefect server start`` as README tells it for a shared server: the port from PREFECT_SERVER_API_PORT
+    (so the UI's own calls go there too) and PREFECT_SERVER_API_AUTH_STRING. Yields (API URL, environment of a
+    client that has nothing of Prefect's but a home of its own)."""
+    import urllib.request
+
+    from lrgate.process_groups import free_port, start_group, stop_groups
+
+    home = tmp_path_factory.mktemp("shared-server")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/api"
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    clean.update(PREFECT_SERVER_ANALYTICS_ENABLED="false", OMP_NUM_THREADS="1")
+    env = dict(clean, PREFECT_HOME=str(home / "server"), PREFECT_SERVER_API_PORT=str(port))
+    env.update(PREFECT_SERVER_API_AUTH_STRING=AUTH, PREFECT_SERVER_UI_ENABLED="true")
+    prefect = str(Path(sys.executable).parent / "prefect")
+    server = start_group([prefect, "server", "start", "--host", "127.0.0.1"], home / "server.log", env)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2):  # health needs no auth
+                    break
+            except OSError:
+                assert server.poll() is None, (home / "server.log").read_text()[-2000:]
+                assert time.monotonic() < deadline, "prefect server did not become healthy in 120 s"
+                time.sleep(0.5)
+        yield url, dict(clean, PREFECT_HOME=str(home / "client"))
+    finally:
+        stop_groups([server])
+
+
+def test_the_ui_of_a_server_on_another_port_calls_that_port(shared_server):
+    import json
+    import urllib.request
+
+    url, _ = shared_server
+    with urllib.request.urlopen(url.removesuffix("/api") + "/ui-settings", timeout=10) as r:
+        assert json.load(r)["api_url"] == url
+
+
+def test_a_shared_server_refuses_a_client_without_its_auth_string_and_approve_works_with_it(shared_server, tmp_path):
+    import json
+
+    url, clean = shared_server
+    without = dict(clean, PREFECT_API_URL=url)
+    with_auth = dict(without, PREFECT_API_AUTH_STRING=AUTH)
+
+    refused = subprocess.run([LRGATE, "pending"], env=without, capture_output=True, text=True, timeout=120)
+    assert refused.returncode != 0 and "401" in refused.stderr, refused.stderr[-2000:]
+
+    config = tiny_config(tmp_path, "race: off\ngates:\n  frozen: {policy: manual, timeout: 900}\n", name="shared")
+    err = tmp_path / "stderr.txt"
+    run = subprocess.Popen(
+        [LRGATE, "run", str(config), "--out", str(tmp_path / "run")],
+        cwd=tmp_path,
+        env=with_auth,
+        stdout=subprocess.PIPE,
+        stderr=err.open("w"),
+        text=True,
+        start_new_session=True,
+    )
+    try:
+
+        def waiting() -> list:
+            out = subprocess.run([LRGATE, "pending", "--json"], env=with_auth, capture_output=True, text=True)
+            assert out.returncode == 0, out.stderr[-2000:]
+            return json.loads(out.stdout)
+
+        runs = poll(waiting, 600, "run waiting at gate 1", run, err)
+        run_id = runs[0]["run_id"]
+        denied = subprocess.run([LRGATE, "approve", run_id], env=without, capture_output=True, text=True)
+        assert denied.returncode != 0, denied.stdout
+        approved = subprocess.run([LRGATE, "approve", run_id], env=with_auth, capture_output=True, text=True)
+        assert approved.returncode == 0, approved.stderr[-2000:]
+        stdout, _ = run.communicate(timeout=600)
+        assert run.returncode == 0, err.read_text()[-3000:]
+        assert "gate frozen" in stdout and "approve by" in stdout, stdout
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+            run.wait()
