@@ -8,8 +8,10 @@ first, and again by the flow. An override is sent as text (the form's typed fiel
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import os
+from collections.abc import Iterator
 from typing import Any
 from uuid import UUID
 
@@ -23,14 +25,29 @@ class ReviewError(LrgateError):
     """An answer that cannot be given: no such waiting run, a malformed override, or the server's refusal."""
 
 
-def _client():
-    if not os.environ.get("PREFECT_API_URL"):
+@contextlib.contextmanager
+def _client() -> Iterator[Any]:
+    """A client of the server in ``PREFECT_API_URL``; a request the server refuses for want of credentials (401,
+    403: a shared server's auth string) is a :class:`ReviewError` that says so."""
+    url = os.environ.get("PREFECT_API_URL")
+    if not url:
         raise ReviewError(
             "PREFECT_API_URL is not set: point it at the server the runs use, e.g. http://127.0.0.1:4200/api"
         )
     from prefect.client.orchestration import get_client
+    from prefect.exceptions import PrefectHTTPStatusError
 
-    return get_client(sync_client=True)
+    try:
+        with get_client(sync_client=True) as client:
+            yield client
+    except PrefectHTTPStatusError as e:
+        if e.response.status_code not in (401, 403):
+            raise
+        given = "a wrong PREFECT_API_AUTH_STRING" if os.environ.get("PREFECT_API_AUTH_STRING") else "no credentials"
+        raise ReviewError(
+            f"{url} refused the request ({e.response.status_code}) with {given}: set PREFECT_API_AUTH_STRING to the "
+            "server's auth string"
+        ) from None
 
 
 def _gate_info(client, run_id: UUID) -> dict[str, Any] | None:
