@@ -14,6 +14,7 @@ import dataclasses
 import json
 import os
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ import fastai.callback.schedule  # noqa: F401  (patches Learner.fit_one_cycle)
 import torch
 from fastai.callback.core import Callback
 from fastai.callback.schedule import LRFinder
-from fastai.learner import Learner
+from fastai.learner import Learner, load_model, save_model
 from fastai.torch_core import num_distrib, set_seed
 
 from lrgate.config import RunConfig
@@ -80,8 +81,14 @@ class ProgressLog(Callback):
     def __init__(self, log: Log) -> None:
         self.log = log
 
+    def before_epoch(self) -> None:
+        self.skipped = False
+
+    def after_cancel_epoch(self) -> None:
+        self.skipped = True  # an epoch a resumed fit skips (fastai's SkipToEpoch): it was logged before the kill
+
     def after_epoch(self) -> None:
-        if any(isinstance(cb, LRFinder | CompressedSchedule) for cb in self.learn.cbs):
+        if self.skipped or any(isinstance(cb, LRFinder | CompressedSchedule) for cb in self.learn.cbs):
             return  # a range test or a race's trial: its gate logs its own lines
         values = dict(zip(self.recorder.metric_names, self.recorder.log, strict=False))
         shown = ", ".join(
@@ -103,6 +110,96 @@ class FitProbe(Callback):
         if self.training:
             self.peak_lrs = [max(p, float(h["lr"])) for p, h in zip(self.peak_lrs, self.opt.hypers, strict=True)]
             self.images += len(self.xb[0])
+
+
+class EpochCheckpoint(Callback):
+    """After each finished epoch of a stage's fit, the weights and optimizer state (fastai's ``save_model``) in
+    ``path``, and beside it ``path.json``: the last finished epoch, the file's sha256 and size, the metrics of every
+    epoch so far and ``identity`` (the stage's key, its starting checkpoint, its value), so that a killed stage
+    resumes after that epoch (:func:`resume_epochs`). Both files are written atomically, the weights first.
+
+    ``earlier`` is the record a resumed fit starts from (its epochs are merged into each new record), else None.
+    """
+
+    order = 65  # after the Recorder (50) has stored the epoch's values, before fastai's SkipToEpoch (70)
+
+    def __init__(self, path: Path, identity: dict[str, Any], earlier: dict[str, Any] | None = None) -> None:
+        self.file, self.identity, self.earlier = path, identity, earlier  # (``path`` would shadow learn.path)
+
+    @property
+    def done(self) -> int:
+        """The epochs finished before this fit (the ``start_epoch`` a resumed fit skips to)."""
+        return self.earlier["epoch"] if self.earlier else 0
+
+    def before_fit(self) -> None:
+        self.started = time.perf_counter()
+
+    def before_epoch(self) -> None:
+        self.skipped = False
+
+    def after_cancel_epoch(self) -> None:
+        self.skipped = True  # skipped on resume: the saved file already holds it
+
+    def after_epoch(self) -> None:
+        if self.skipped:
+            return
+        write_atomic(self.file, lambda f: save_model(f, self.learn.model, self.learn.opt))
+        progress = fit_progress(self.learn, self.earlier, time.perf_counter() - self.started)
+        record = {**self.identity, "epoch": self.epoch + 1, "file": file_digest(self.file), **progress}
+        write_text(epoch_record(self.file), json.dumps(record, indent=2))
+
+    def remove(self) -> None:
+        """Remove both files: the stage finished, and its own checkpoint replaces them."""
+        for p in (self.file, epoch_record(self.file)):
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+
+
+def epoch_record(path: Path) -> Path:
+    """The JSON beside an epoch checkpoint: which epoch it holds, its digest, the epochs' metrics."""
+    return path.with_suffix(".json")
+
+
+def resume_epochs(
+    learn: Learner, path: Path, identity: dict[str, Any], start: str | os.PathLike, warn: Log = print
+) -> dict[str, Any] | None:
+    """Load the weights and optimizer state of a killed fit's last finished epoch into ``learn``, if ``path`` holds
+    one of this same fit (the record's ``identity`` is this one and the file's sha256 and size are recorded);
+    return its record, or None (nothing there; or a mismatching or corrupt file, said with ``warn``: the fit then
+    starts at epoch 1, from ``start``, the stage's own checkpoint)."""
+    record_path = epoch_record(path)
+    if not record_path.is_file():
+        return None
+    try:
+        record = json.loads(record_path.read_text())
+    except (ValueError, UnicodeDecodeError):
+        record = None
+    why = None
+    if not isinstance(record, dict) or not isinstance(record.get("epoch"), int):
+        why = f"{record_path.name} is not an epoch record"
+    elif differ := [k for k, v in identity.items() if record.get(k) != v]:
+        why = f"it is another fit's: its {', '.join(differ)} not this one's"
+    elif not 1 <= record["epoch"] <= identity["n_epoch"]:
+        why = f"its epoch {record['epoch']} is not one of {identity['n_epoch']}"
+    elif not path.is_file() or file_digest(path) != record.get("file"):
+        why = "its sha256 or size is not the one recorded: it changed since it was written"
+    else:
+        try:
+            # fastai's load_model only warns when the optimizer state does not load: here that is an error
+            if learn.opt is None:
+                learn.create_opt()
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                load_model(path, learn.model, learn.opt, device=learn.dls.device)
+            if any("optimizer state" in str(w.message) for w in caught):
+                raise ValueError("the optimizer state does not load")
+            return record
+        except Exception as e:  # any failure to load: train from the stage's start
+            why = f"it cannot be loaded: {e}"
+            learn.create_opt()
+            restore_checkpoint(learn, start)
+    warn(f"{identity['stage']}: ignoring {path.parent.name}/{path.name} ({why}): training from epoch 1")
+    return None
 
 
 def _spawn_safe_workers() -> None:
@@ -281,46 +378,116 @@ def as_lr(value: float | list[float]) -> float | slice:
 
 
 def train(
-    cfg: RunConfig, run: RunInfo, checkpoint: str, value: float | list[float], stage: str, log: Log = print
+    cfg: RunConfig,
+    run: RunInfo,
+    checkpoint: str,
+    value: float | list[float],
+    stage: str,
+    log: Log = print,
+    warn: Log | None = None,
 ) -> dict[str, Any]:
     """``fit_one_cycle`` from the checkpoint with the gate's lr or slice; writes the next checkpoint and metrics.
 
+    In one process, each finished epoch is saved as ``checkpoints/<stage>-epoch.pth`` (:class:`EpochCheckpoint`):
+    a stage killed mid-fit resumes after its last finished epoch when run again, with the same one-cycle schedule
+    (fastai's ``start_epoch``), and its metrics list every epoch; the files are removed once the stage is done. A
+    mismatching or corrupt epoch file is ignored, said with ``warn`` (default ``log``).
+
     With ``distributed.processes`` above 1 the fit runs as a ``torchrun`` launch of that many ranks
-    (:mod:`lrgate.distributed`), every rank with this ``value``; the checkpoint and metrics are rank 0's.
+    (:mod:`lrgate.distributed`), every rank with this ``value``; the checkpoint and metrics are rank 0's. No epoch
+    is saved there: a killed distributed stage trains again from epoch 1.
     """
     out = run.path(f"checkpoints/{'1-frozen' if stage == 'train-frozen' else '3-fine-tuned'}.pth")
     if cfg.distributed.processes > 1:
         fitted = launch_training(cfg, run, checkpoint, value, stage, out, device=resolve_device(cfg.device), log=log)
+        epochs = None
     else:
         learn = make_learner(cfg, run, checkpoint, log=log)
-        fitted = fit(learn, cfg, value, stage, log)
+        name = f"checkpoints/{stage}-epoch.pth"
+        path = run.path(name)
+        identity = {
+            "stage": stage,
+            "key": run.stage_key(stage),  # the run id, config digest and data fingerprint
+            "start": {"checkpoint": str(checkpoint), **file_digest(checkpoint)},
+            "value": json.loads(json.dumps(value)),  # as the record has it: a slice is a list
+            "n_epoch": stage_epochs(cfg, stage),
+        }
+        earlier = resume_epochs(learn, path, identity, checkpoint, warn or log)
+        if earlier is not None and earlier["epoch"] < identity["n_epoch"]:
+            log(f"{stage}: resuming from epoch {earlier['epoch'] + 1} of {identity['n_epoch']} ({name})")
+        elif earlier is not None:  # killed after its last epoch, before the stage's checkpoint was written
+            log(f"{stage}: all {identity['n_epoch']} epochs were done ({name})")
+        epochs = EpochCheckpoint(path, identity, earlier)
+        fitted = fit(learn, cfg, value, stage, log, epochs)
         save_checkpoint(learn, out)
     metrics = {"stage": stage, "checkpoint": str(out), "files": written(out), **fitted}
     write_text(run.path(f"metrics-{stage}.json"), json.dumps(metrics, indent=2))
+    if epochs is not None:
+        epochs.remove()
     return metrics
 
 
-def fit(learn: Learner, cfg: RunConfig, value: float | list[float], stage: str, log: Log = print) -> dict[str, Any]:
-    """The stage's ``fit_one_cycle`` with ``value``; what it trained with and how it went (writes nothing).
+def stage_epochs(cfg: RunConfig, stage: str) -> int:
+    return cfg.train.frozen_epochs if stage == "train-frozen" else cfg.train.unfrozen_epochs
+
+
+def fit(
+    learn: Learner,
+    cfg: RunConfig,
+    value: float | list[float],
+    stage: str,
+    log: Log = print,
+    epochs: EpochCheckpoint | None = None,
+) -> dict[str, Any]:
+    """The stage's ``fit_one_cycle`` with ``value``; what it trained with and how it went (writes nothing but what
+    ``epochs`` saves after each epoch).
+
+    A fit that ``epochs`` resumes (``epochs.earlier``: weights and optimizer state already loaded) skips the epochs
+    done before with fastai's ``start_epoch``, which keeps the one-cycle schedule where it was; its record counts
+    the earlier epochs, images and seconds too (``resumed_from_epoch`` says where it went on; 1 when it did not).
 
     Under fastai's distributed context each rank sees an equal share of every epoch (``DistributedDL`` pads the
     shares), so images/s counts this rank's images times the world size.
     """
-    epochs = cfg.train.frozen_epochs if stage == "train-frozen" else cfg.train.unfrozen_epochs
+    n_epoch = stage_epochs(cfg, stage)
+    done = epochs.done if epochs else 0
     started = time.perf_counter()
-    log(f"{stage}: fit_one_cycle({epochs}, {as_lr(value)})")
+    log(f"{stage}: fit_one_cycle({n_epoch}, {as_lr(value)})")
     with learn.no_logging():
-        learn.fit_one_cycle(epochs, as_lr(value))
-    seconds = time.perf_counter() - started
-    probe = learn.fit_probe
-    images = probe.images * max(1, num_distrib())
-    names = learn.recorder.metric_names[1:-1]  # drop "epoch" and "time"
+        learn.fit_one_cycle(n_epoch, as_lr(value), cbs=[epochs] if epochs else None, start_epoch=done)
+    progress = fit_progress(learn, epochs.earlier if epochs else None, time.perf_counter() - started)
+    seconds = progress["seconds"]
     return {
         "fit_lr": value,
-        "peak_lrs": probe.peak_lrs,
-        "epochs": [dict(zip(names, map(_number, values), strict=True)) for values in learn.recorder.values],
+        "peak_lrs": progress["peak_lrs"],
+        "epochs": progress["epochs"],
         "seconds": round(seconds, 2),
-        "images_per_s": round(images / seconds, 1) if seconds > 0 else None,
+        "images_per_s": round(progress["images"] / seconds, 1) if seconds > 0 else None,
+        "resumed_from_epoch": done + 1,
+    }
+
+
+def fit_progress(learn: Learner, earlier: dict[str, Any] | None, seconds: float) -> dict[str, Any]:
+    """What a fit has done so far, counting the ``earlier`` record of the killed fit it resumed: every finished
+    epoch's metrics, the peak lr of each parameter group, the images seen and the seconds."""
+    probe = learn.fit_probe
+    names = learn.recorder.metric_names[1:-1]  # drop "epoch" and "time"
+    # the Recorder stores an empty row for each epoch a resumed fit skips: its own rows come after them
+    done = earlier["epoch"] if earlier else 0
+    epochs = [dict(zip(names, map(_number, values), strict=True)) for values in learn.recorder.values[done:]]
+    progress = {
+        "epochs": epochs,
+        "peak_lrs": probe.peak_lrs,
+        "images": probe.images * max(1, num_distrib()),
+        "seconds": seconds,
+    }
+    if earlier is None:
+        return progress
+    return {
+        "epochs": earlier["epochs"] + epochs,
+        "peak_lrs": [max(a, b) for a, b in zip(earlier["peak_lrs"], probe.peak_lrs, strict=True)],
+        "images": earlier["images"] + progress["images"],
+        "seconds": earlier["seconds"] + seconds,
     }
 
 

@@ -245,7 +245,8 @@ def _train(cfg: RunConfig, run: RunInfo, checkpoint: str, value: float | list[fl
     and ``gpu_slot`` (the limit, the wait and the hold: :func:`gpu_slot`; None without a limit)."""
     with gpu_slot(stage) as slot:
         started = _now()
-        metrics = stages.train(cfg, run, checkpoint, value, stage, log=get_run_logger().info)
+        logger = get_run_logger()
+        metrics = stages.train(cfg, run, checkpoint, value, stage, log=logger.info, warn=logger.warning)
         metrics = {**metrics, "started": started, "ended": _now()}
     metrics["gpu_slot"] = slot
     last = metrics["epochs"][-1]

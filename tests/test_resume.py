@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from lrgate.tasks.stages import RESULTS_DIR
@@ -38,29 +39,42 @@ def lrgate_run(tmp_path: Path, *args: str, ok: bool = True) -> subprocess.Comple
     return out
 
 
-def test_a_killed_run_resumes_without_redoing_finished_stages(tmp_path):
-    config = tiny_config(tmp_path, unfrozen_epochs=12)  # a fine-tune long enough to be killed in
-    run = tmp_path / "run"
+def kill_when(
+    tmp_path: Path, config: Path, run: Path, ready: Callable[[], bool], *, timeout: float, before: str, wait: float = 0
+) -> None:
+    """Start ``lrgate run CONFIG --out RUN``, poll ``ready()`` (for ``timeout`` s at most), wait ``wait`` s more,
+    then kill the run and its embedded server with SIGKILL: a crash, not a shutdown."""
     proc = subprocess.Popen(
         [LRGATE, "run", str(config), "--out", str(run)],
+        stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         env=env(tmp_path),
         start_new_session=True,
     )
     try:
-        deadline = time.monotonic() + 240
-        # decision.json is written once gate 2's stage has finished and its result is persisted
-        while not (run / "gate-unfrozen" / "decision.json").exists():
-            assert proc.poll() is None and time.monotonic() < deadline, "the run ended before its fine-tune"
-            time.sleep(0.05)
-        time.sleep(1.0)  # inside the fine-tune now
+        deadline = time.monotonic() + timeout
+        while not ready():
+            assert proc.poll() is None, f"the run ended before {before}"
+            assert time.monotonic() < deadline, f"{timeout} s and not yet {before}"
+            time.sleep(0.02)
+        time.sleep(wait)
     finally:
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)  # the run and its embedded server: a crash, not a shutdown
+            os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+
+
+def test_a_killed_run_resumes_without_redoing_finished_stages(tmp_path):
+    config = tiny_config(tmp_path, unfrozen_epochs=12)  # a fine-tune long enough to be killed in
+    run = tmp_path / "run"
+    # decision.json is written once gate 2's stage has finished and its result is persisted; 1 s later the run is
+    # inside its fine-tune
+    decided = run / "gate-unfrozen" / "decision.json"
+    kill_when(tmp_path, config, run, decided.exists, timeout=240, before="its fine-tune", wait=1.0)
     assert not (run / "checkpoints/3-fine-tuned.pth").exists() and not (run / "model.pkl").exists()
-    kept = {p: p.stat().st_mtime_ns for p in [*run.glob("checkpoints/*.pth"), *run.glob("gate-*/*")]}
+    # the finished stages' files (not fine-tune's epoch file, if it finished an epoch: it is gone once it is done)
+    kept = {p: p.stat().st_mtime_ns for p in [*run.glob("checkpoints/[0-9]-*.pth"), *run.glob("gate-*/*")]}
 
     lrgate_run(tmp_path, str(config), "--resume", str(run))
     summary = json.loads((run / "summary.json").read_text())
@@ -77,6 +91,37 @@ def test_a_killed_run_resumes_without_redoing_finished_stages(tmp_path):
     (fresh,) = [p for p in (tmp_path / "runs").glob("tiny-2*")]
     states = json.loads((fresh / "summary.json").read_text())["stage_states"]
     assert set(states.values()) == {"Completed"}
+
+
+def test_a_run_killed_mid_train_frozen_resumes_from_its_next_epoch(tmp_path):
+    config = tiny_config(tmp_path, extra="race: off")
+    # three frozen epochs of 240 training images: a second or more each, so the kill lands between two epochs
+    config.write_text(
+        config.read_text().replace("{frozen_epochs: 1,", "{frozen_epochs: 3,").replace("per_class: 12", "per_class: 30")
+    )
+    run = tmp_path / "run"
+    record = run / "checkpoints" / "train-frozen-epoch.json"
+    # the record is written atomically, after the epoch's weights, once the epoch has finished
+    kill_when(tmp_path, config, run, record.exists, timeout=300, before="train-frozen finished an epoch")
+    done = json.loads(record.read_text())["epoch"]  # 1 unless this machine stalled the test for a whole epoch
+    assert done < 3 and not (run / "checkpoints/1-frozen.pth").exists()
+    assert not (run / "metrics-train-frozen.json").exists()
+
+    out = lrgate_run(tmp_path, str(config), "--resume", str(run))
+    log = out.stdout + out.stderr
+    assert f"train-frozen: resuming from epoch {done + 1} of 3 (checkpoints/train-frozen-epoch.pth)" in log
+    assert "train-frozen: resuming from epoch 1" not in log and "train-frozen: ignoring" not in log
+    assert "epoch 1/3" not in log  # the saved epoch is not trained again
+    metrics = json.loads((run / "metrics-train-frozen.json").read_text())
+    assert len(metrics["epochs"]) == 3 and metrics["resumed_from_epoch"] == done + 1
+    assert all(e["valid_loss"] > 0 and 0 <= e["accuracy"] <= 1 for e in metrics["epochs"])
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["outcome"].startswith("finished")
+    states = summary["stage_states"]
+    assert states["build-learner"] == states["gate-frozen"] == "Cached"
+    assert states["train-frozen"] == states["fine-tune"] == states["export"] == "Completed"
+    assert [p.name for p in run.glob("checkpoints/*-epoch.*")] == []  # the stages' own checkpoints replace them
+    assert (run / "model.pkl").exists()
 
 
 def test_resume_refuses_another_config(tmp_path):
