@@ -155,3 +155,95 @@ def test_recording_runs_in_chunks_and_resumes_without_redoing_results(tmp_path):
     assert curve.stat().st_mtime_ns == stamp  # the range test was not run again
     assert second.iloc[: len(first)].equals(first)  # earlier results kept as they were
     assert json.loads((data / efficacy.SPLIT_FILE).read_text())["tasks"]
+
+
+# ---------------------------------------------------------------- the race, and the third split (split-third.json)
+
+RACE = "race (budget 1)"
+HELD_OUT_SPLITS = ("held_out", "fresh", "third")
+
+
+@pytest.fixture(scope="module")
+def raced(bench) -> dict[str, pd.DataFrame]:
+    extra = efficacy.race_methods(DATA)
+    return {split: efficacy.score_table(bench, split, extra=extra) for split in HELD_OUT_SPLITS}
+
+
+def test_the_third_split_is_new_tasks_and_new_seeds_only_and_fully_recorded(bench):
+    third = bench.split["third"]
+    earlier = set(bench.split["tasks"]) | set(bench.split["fresh"]["tasks"])
+    assert len(third["tasks"]) >= 3 and not set(third["tasks"]) & earlier
+    assert not set(third["seeds"]) & (set(bench.split["seeds"]) | set(bench.split["fresh"]["seeds"]))
+    assert len(bench.pairs("third")) == len(third["tasks"]) * len(third["seeds"])
+    for stage in efficacy.STAGES:
+        counts = bench.grid[(bench.grid["stage"] == stage) & bench.grid["task"].isin(third["tasks"])]
+        counts = counts.groupby(["task", "seed"]).size()
+        assert len(counts) == len(bench.pairs("third")) and counts.min() == counts.max() >= 13, stage
+
+
+def test_the_race_is_recorded_for_every_held_out_curve_with_its_cost(bench):
+    race = efficacy.race_methods(DATA)[RACE]
+    for split in HELD_OUT_SPLITS:
+        assert race.covers(bench.pairs(split)), split
+    assert all(cost > 0 for cost in race.costs.values())
+
+
+def _curve_rules() -> list[str]:
+    """Every method that reads the curve alone (and fine_tune's fixed defaults), as the tables name them."""
+    return list(efficacy.methods())
+
+
+@pytest.mark.parametrize("stage", efficacy.STAGES)
+def test_on_the_third_split_the_race_beats_every_curve_rule(raced, stage):
+    # split-third.json was committed before the race's parameters were chosen and recorded after: never tuned on
+    mean = efficacy.summary(raced["third"])[f"{stage} mean"]
+    assert mean[RACE] < min(mean[name] for name in _curve_rules())
+
+
+def test_on_the_third_split_the_race_beats_the_fixed_lr_in_hindsight_before_unfreeze_only(raced):
+    # README, "How far from the target": after unfreeze the hindsight lr (1, the grid's choice) still wins there
+    mean = efficacy.summary(raced["third"])
+    assert mean.loc[RACE, "frozen mean"] < mean.loc[efficacy.HINDSIGHT, "frozen mean"]
+    assert mean.loc[RACE, "unfrozen mean"] > mean.loc[efficacy.HINDSIGHT, "unfrozen mean"]
+
+
+@pytest.mark.parametrize("stage", efficacy.STAGES)
+def test_over_every_held_out_curve_the_race_beats_every_curve_rule(bench, raced, stage):
+    pooled = pd.concat(raced.values())
+    pooled = pooled[pooled["stage"] == stage]
+    assert (pooled["method"] == RACE).sum() == sum(len(bench.pairs(split)) for split in HELD_OUT_SPLITS)
+    mean = pooled.groupby("method")["regret"].mean()
+    assert mean[RACE] < min(mean[name] for name in _curve_rules())
+
+
+@pytest.mark.slow
+def test_the_race_records_in_chunks_and_resumes(tmp_path):
+    script = _benchmark_script()
+    data = tmp_path / "data"
+    (data / "curves").mkdir(parents=True)
+    for name in (efficacy.SPLIT_FILE, efficacy.GRID_FILE, efficacy.RANGE_FILE):
+        shutil.copy(DATA / name, data)
+    for stage in efficacy.STAGES:
+        name = efficacy.curve_name("digits-cnn-adam-bs64", 0, stage)
+        shutil.copy(DATA / "curves" / name, data / "curves")
+    args = ["race", "--split", "tuning", "--data", str(data), "--work", str(tmp_path / "work"), "--max-minutes", "0"]
+    ranges = pd.read_csv(data / efficacy.RANGE_FILE)
+    ranges[(ranges["task"] == "digits-cnn-adam-bs64") & (ranges["seed"] == 0)].to_csv(
+        data / efficacy.RANGE_FILE, index=False
+    )
+    script.main(args)  # a chunk whose time is up at once still races once
+    first = pd.read_csv(data / efficacy.RACE_FILE)
+    assert len(first) == 1 and first["trainings"].iloc[0] > 0
+    script.main(args)
+    second = pd.read_csv(data / efficacy.RACE_FILE)
+    assert len(second) == 2 and second.iloc[:1].equals(first)
+    assert set(second["stage"]) == set(efficacy.STAGES)
+
+
+def test_the_own_seed_grid_is_each_curves_own_best_and_costs_the_whole_grid(bench):
+    own = efficacy.own_seed_grid(bench, "tuning")
+    task, seed = bench.pairs("tuning")[0]
+    best = efficacy.mean_accuracy(bench.grid, task, "frozen", [seed]).idxmax()
+    assert own.lrs[(task, seed, "frozen")] == best and own.costs[(task, seed, "frozen")] >= 13
+    table = efficacy.score_table(bench, "tuning", extra={efficacy.OWN_GRID: own})
+    assert (table[table["method"] == efficacy.OWN_GRID]["regret"] >= 0).all()
