@@ -405,7 +405,8 @@ def regret_plot(table: pd.DataFrame, path: str | Path, title: str = "") -> Path:
 
 def cost_plot(table: pd.DataFrame, path: str | Path, grid_size: dict[str, int], title: str = "") -> Path:
     """Mean regret against median cost in trainings of the stage, one panel per stage; the oracle grid at zero
-    regret and its size. Written atomically as PNG."""
+    regret and its size; of the rules that cost nothing, the best two are named and the rest grey. Written
+    atomically as PNG."""
     from matplotlib.figure import Figure
 
     from lrgate.outputs import write_atomic
@@ -414,16 +415,24 @@ def cost_plot(table: pd.DataFrame, path: str | Path, grid_size: dict[str, int], 
     fig = Figure(figsize=(12, 5), layout="constrained")
     axes = fig.subplots(1, len(STAGES), sharey=True)
     for ax, stage in zip(axes, STAGES, strict=True):
+        free = s[s[f"{stage} cost"] == 0]
+        best_free = free[f"{stage} mean"].nsmallest(2).index  # label the two best rules that cost nothing
         for name, row in s.iterrows():
             kind = "tab:green" if name.startswith("race") else "tab:purple" if "sweep" in name else "tab:blue"
-            ax.plot(row[f"{stage} cost"], row[f"{stage} mean"], "o", color=kind)
-            ax.annotate(
-                name,
-                (row[f"{stage} cost"], row[f"{stage} mean"]),
-                fontsize=7,
-                xytext=(4, 2),
-                textcoords="offset points",
+            ax.plot(
+                row[f"{stage} cost"],
+                row[f"{stage} mean"],
+                "o",
+                color=kind if name not in free.index or name in best_free else "0.7",
             )
+            if name not in free.index or name in best_free:
+                ax.annotate(
+                    name,
+                    (row[f"{stage} cost"], row[f"{stage} mean"]),
+                    fontsize=7,
+                    xytext=(4, 2),
+                    textcoords="offset points",
+                )
         ax.plot(grid_size[stage], 0, "s", color="black")
         ax.annotate("oracle grid", (grid_size[stage], 0), fontsize=7, xytext=(4, 4), textcoords="offset points")
         ax.axhline(1, color="tab:red", lw=0.8, ls="--")
