@@ -122,13 +122,20 @@ train: {frozen_epochs: 1, unfrozen_epochs: %(unfrozen_epochs)d, batch_size: 16, 
 lr_find: {num_it: 24, end_lr: 1, stop_div: false}
 device: cpu
 output_dir: runs
+%(race)s
 %(extra)s
 """
 
 
-def tiny_config(folder: Path, extra: str = "", unfrozen_epochs: int = 1, name: str = "tiny") -> Path:
+def tiny_config(
+    folder: Path, extra: str = "", unfrozen_epochs: int = 1, name: str = "tiny", race: bool = False
+) -> Path:
     """A pipeline config that trains EfficientNet-Lite0 on 120 digits at 32 px: seconds on a CPU. Its ``name``
-    keys its artifacts on the shared test server: a test whose gate artifacts differ uses a name of its own."""
+    keys its artifacts on the shared test server: a test whose gate artifacts differ uses a name of its own.
+
+    The race (the product's default) is off unless ``race``: it adds about 10 s to each run, and the tests that are
+    about the race turn it on (tests/test_pipeline.py, tests/test_ui.py)."""
     path = folder / "tiny.yaml"
-    path.write_text(TINY_CONFIG % {"extra": extra, "unfrozen_epochs": unfrozen_epochs, "name": name})
+    race_line = "" if race else "race: off"
+    path.write_text(TINY_CONFIG % {"extra": extra, "unfrozen_epochs": unfrozen_epochs, "name": name, "race": race_line})
     return path

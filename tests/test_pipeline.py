@@ -21,7 +21,7 @@ from tests.conftest import make_image_folder, tiny_config
 @pytest.fixture(scope="module")
 def finished(prefect_api, tmp_path_factory):
     folder = tmp_path_factory.mktemp("pipeline")
-    return pipeline(str(tiny_config(folder)), str(folder / "run"))
+    return pipeline(str(tiny_config(folder, race=True)), str(folder / "run"))
 
 
 def gate_json(summary, gate: str) -> dict:
@@ -116,14 +116,14 @@ def test_both_gates_race_by_default_and_show_the_race_to_the_reviewer(finished):
 
 
 def test_race_off_reads_the_curve_alone(prefect_api, tmp_path):
-    summary = pipeline(str(tiny_config(tmp_path, "race: off\n", name="tiny-race-off")), str(tmp_path / "run"))
+    summary = pipeline(str(tiny_config(tmp_path, name="tiny-race-off")), str(tmp_path / "run"))  # race: off
     for gate in ("frozen", "unfrozen"):
         assert "race" not in gate_json(summary, gate)
 
 
 def test_pinned_values_are_trained_with_and_the_suggestion_kept_beside(prefect_api, tmp_path):
     pins = "gates:\n  frozen: {lr: 0.003}\n  unfrozen: {slice: [1.0e-5, 1.0e-3]}\n"
-    summary = pipeline(str(tiny_config(tmp_path, pins)), str(tmp_path / "run"))
+    summary = pipeline(str(tiny_config(tmp_path, pins, race=True)), str(tmp_path / "run"))
     assert summary["metrics"]["train-frozen"]["fit_lr"] == 0.003
     assert summary["metrics"]["fine-tune"]["fit_lr"] == [1e-5, 1e-3]
     assert summary["decisions"]["frozen"]["source"] == "pinned lr"

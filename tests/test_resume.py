@@ -94,7 +94,7 @@ def test_a_killed_run_resumes_without_redoing_finished_stages(tmp_path):
 
 
 def test_a_run_killed_mid_train_frozen_resumes_from_its_next_epoch(tmp_path):
-    config = tiny_config(tmp_path, extra="race: off")
+    config = tiny_config(tmp_path)
     # three frozen epochs of 240 training images: a second or more each, so the kill lands between two epochs
     config.write_text(
         config.read_text().replace("{frozen_epochs: 1,", "{frozen_epochs: 3,").replace("per_class: 12", "per_class: 30")

@@ -21,7 +21,7 @@ from tests.conftest import tiny_config
 
 LRGATE = str(Path(sys.executable).parent / "lrgate")
 # Gate 2 waits for a reviewer: the run stops there with gate 1, train-frozen and unfreeze done.
-WAIT_AT_GATE_2 = "race: off\ngates:\n  unfrozen: {policy: manual, timeout: 900}\n"
+WAIT_AT_GATE_2 = "gates:\n  unfrozen: {policy: manual, timeout: 900}\n"
 
 pytestmark = pytest.mark.slow
 
@@ -200,7 +200,7 @@ def test_a_shared_server_refuses_a_client_without_its_auth_string_and_approve_wo
         "server's auth string"
     ], refused.stderr[-2000:]
 
-    config = tiny_config(tmp_path, "race: off\ngates:\n  frozen: {policy: manual, timeout: 900}\n", name="shared")
+    config = tiny_config(tmp_path, "gates:\n  frozen: {policy: manual, timeout: 900}\n", name="shared")
     err = tmp_path / "stderr.txt"
     run = subprocess.Popen(
         [LRGATE, "run", str(config), "--out", str(tmp_path / "run")],

@@ -102,7 +102,7 @@ def test_an_lr_typed_in_scientific_notation_in_the_ui_form_is_what_train_frozen_
 
     ui = prefect_api.removesuffix("/api")
     run_dir = tmp_path / "run"
-    proc = start(tiny_config(tmp_path, MANUAL), run_dir)
+    proc = start(tiny_config(tmp_path, MANUAL, race=True), run_dir)
     gate1 = waiting(run_dir, "frozen", proc)
     open_resume_form(browser, ui, gate1["run_id"], "frozen")
     time.sleep(1)
