@@ -21,7 +21,8 @@ from tests.conftest import make_image_folder, tiny_config
 @pytest.fixture(scope="module")
 def finished(prefect_api, tmp_path_factory):
     folder = tmp_path_factory.mktemp("pipeline")
-    return pipeline(str(tiny_config(folder, race=True)), str(folder / "run"))
+    # a name of its own: its gate artifacts (with the race) never stand in for other tests' on the shared server
+    return pipeline(str(tiny_config(folder, race=True, name="tiny-raced")), str(folder / "run"))
 
 
 def gate_json(summary, gate: str) -> dict:
@@ -88,15 +89,15 @@ def test_each_gate_publishes_a_review_artifact_and_the_run_a_metrics_table(finis
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
     with get_client(sync_client=True) as client:
-        keys = ["tiny-gate-frozen", "tiny-gate-unfrozen", "tiny-metrics"]
+        keys = ["tiny-raced-gate-frozen", "tiny-raced-gate-unfrozen", "tiny-raced-metrics"]
         artifacts = {
             a.key: a for a in client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=keys)))
         }
     assert set(artifacts) == set(keys)
-    gate = artifacts["tiny-gate-unfrozen"]
+    gate = artifacts["tiny-raced-gate-unfrozen"]
     assert gate.type == "markdown" and "data:image/png;base64," in gate.data and "gradient" in gate.data
     assert "**Race** (ranked by accuracy)" in gate.data and "- rung 0: slice hi " in gate.data
-    assert artifacts["tiny-metrics"].type == "table"
+    assert artifacts["tiny-raced-metrics"].type == "table"
 
 
 def test_both_gates_race_by_default_and_show_the_race_to_the_reviewer(finished):
