@@ -247,3 +247,10 @@ def test_the_own_seed_grid_is_each_curves_own_best_and_costs_the_whole_grid(benc
     assert own.lrs[(task, seed, "frozen")] == best and own.costs[(task, seed, "frozen")] >= 13
     table = efficacy.score_table(bench, "tuning", extra={efficacy.OWN_GRID: own})
     assert (table[table["method"] == efficacy.OWN_GRID]["regret"] >= 0).all()
+
+
+def test_an_optuna_sweep_of_n_trainings_costs_n_and_stays_on_the_grid(bench):
+    sweep = efficacy.sweep_method(bench, "tuning", 3)
+    assert sweep.covers(bench.pairs("tuning")) and set(sweep.costs.values()) == {3.0}
+    assert all(1e-6 <= lr <= 10 for lr in sweep.lrs.values())
+    assert sweep.lrs == efficacy.sweep_method(bench, "tuning", 3).lrs  # a seeded sampler: the same on every run
