@@ -50,7 +50,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # `python benchmarks/efficacy.py` from a checkout: tests.tiny_learners is the tiny CNN
 
 from lrgate import efficacy  # noqa: E402
-from lrgate.curve_file import read_curve_csv, write_curve_csv  # noqa: E402
+from lrgate.curve_file import write_curve_csv  # noqa: E402
 from lrgate.efficientnet_lite0 import INPUT_MEAN, INPUT_STD  # noqa: E402
 from lrgate.models import lite0_model, lite0_splitter  # noqa: E402
 from lrgate.outputs import write_text  # noqa: E402
@@ -395,18 +395,16 @@ def record_task(name: str, seeds: list[int], all_seeds: list[int], rec: Recorder
     return True
 
 
-def race_curve(name: str, seed: int, stage: str, budget: float, data: Path, work: Path) -> dict:
+def race_curve(bench: efficacy.Benchmark, name: str, seed: int, stage: str, budget: float, work: Path) -> dict:
     """Race on one recorded curve, from the start its grid trained from; the row for ``races.csv``."""
-    ranges = read_rows(data / efficacy.RANGE_FILE)
-    (row,) = [r for r in ranges if r["task"] == name and int(r["seed"]) == seed and r["stage"] == stage]
-    learn = (
-        make_learner(name, seed, work)
-        if stage == "frozen"
-        else start_unfrozen(name, seed, float(row["checkpoint_lr"]), work)
-    )
-    lrs, losses = read_curve_csv(data / "curves" / efficacy.curve_name(name, seed, stage))
-    state = "frozen" if stage == "frozen" else "unfrozen"
-    s = suggest(lrs, losses, state, n_groups=len(learn.opt.param_lists))
+    if stage == "frozen":
+        learn = make_learner(name, seed, work)
+    else:
+        ranges = bench.ranges
+        (row,) = ranges[(ranges["task"] == name) & (ranges["seed"] == seed) & (ranges["stage"] == stage)].itertuples()
+        learn = start_unfrozen(name, seed, float(row.checkpoint_lr), work)
+    lrs, losses = bench.curves[(name, seed, stage)]
+    s = suggest(lrs, losses, stage, n_groups=len(learn.opt.param_lists))  # the stages are suggest's states
     with learn.no_bar():
         s = race_suggestion(
             learn, s, (lrs, losses), epochs=TASKS[name].epochs, range_test_iterations=100, budget=budget, log=noop
@@ -437,22 +435,16 @@ def race(args: argparse.Namespace) -> int:
     path = args.data / efficacy.RACE_FILE
     rows = read_rows(path)
     deadline, raced = time.monotonic() + 60 * args.max_minutes, 0
+    done = {(r["task"], int(r["seed"]), r["stage"], float(r["budget"])) for r in rows}
     for budget in args.budget:
         for name, seed in bench.pairs(args.split):
             for stage in efficacy.STAGES:
-                done = any(
-                    r["task"] == name
-                    and int(r["seed"]) == seed
-                    and r["stage"] == stage
-                    and float(r["budget"]) == budget
-                    for r in rows
-                )
-                if done:
+                if (name, seed, stage, budget) in done:
                     continue
                 if raced and time.monotonic() > deadline:  # every chunk races at least once
                     print(f"chunk time ({args.max_minutes:g} min) is up: run the same command again to go on")
                     return 0
-                row = race_curve(name, seed, stage, budget, args.data, args.work)
+                row = race_curve(bench, name, seed, stage, budget, args.work)
                 raced += 1
                 rows.append(row)
                 write_rows(path, RACE_FIELDS, rows)

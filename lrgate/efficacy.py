@@ -318,7 +318,8 @@ def summary(table: pd.DataFrame) -> pd.DataFrame:
     """Mean, median and worst regret (accuracy points) and median cost (trainings of the stage beyond the range
     test) per method and stage, methods in the table's order."""
     order = list(dict.fromkeys(table["method"]))
-    table = table.assign(cost=table["cost"]) if "cost" in table else table.assign(cost=0.0)
+    if "cost" not in table:  # a table scored before costs were recorded
+        table = table.assign(cost=0.0)
     out = table.groupby(["method", "stage"]).agg(
         mean=("regret", "mean"), median=("regret", "median"), worst=("regret", "max"), cost=("cost", "median")
     )

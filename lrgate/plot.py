@@ -15,7 +15,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from lrgate.outputs import write_atomic
-from lrgate.race_plan import Race, Trial, lower_is_better
+from lrgate.race_plan import Race, lower_is_better
 from lrgate.suggest import Suggestion, warmup_points
 
 LOSS_COLOR, GRAD_COLOR = "tab:blue", "tab:orange"
@@ -96,23 +96,23 @@ def race_panel(ax, race: Race) -> None:
     for rung in sorted({t.rung for t in race.trials}):
         trials = [t for t in race.trials if t.rung == rung]
         length = trials[0].iterations
-        ok = [t for t in trials if _shown(t, race.score) is not None]
+        ok = [t for t in trials if t.scored(race.score) is not None]
         ax.plot(
             [t.lr for t in ok],
-            [_shown(t, race.score) for t in ok],
+            [t.scored(race.score) for t in ok],
             marker="o",
             ms=6,
             lw=1,
             label=f"rung {rung}: {len(trials)} x {length} it",
         )
         for t in trials:
-            if _shown(t, race.score) is None:
+            if t.scored(race.score) is None:
                 _vertical_label(ax, "diverged", t.lr, top=False, color="tab:red")
-    best = [t for t in race.trials if t.lr == race.winner and t.rung == race.trials[-1].rung]
-    if best and _shown(best[0], race.score) is not None:
+    best = race.winning_trial
+    if best is not None and best.scored(race.score) is not None:
         ax.plot(
             race.winner,
-            _shown(best[0], race.score),
+            best.scored(race.score),
             "o",
             ms=14,
             mfc="none",
@@ -145,11 +145,6 @@ def _vertical_label(ax, text: str, lr: float, *, top: bool, color: str) -> None:
         ha="right" if top else "center",
         color=color,
     )
-
-
-def _shown(t: Trial, score: str) -> float | None:
-    value = t.valid_loss if score == "valid_loss" else t.metric
-    return None if value is None or not np.isfinite(value) or t.diverged else value
 
 
 def save_review(

@@ -297,7 +297,7 @@ def race_suggestion(
 def _tie(trials: list[Trial], iterations: int, stage_iterations: int, score: str, n_valid: int) -> float:
     """How close a compressed rung's metrics must be to count as level: one standard error of the best; 0 for
     trials as long as the stage (no short-horizon bias to lean against) or a loss."""
-    metrics = [t.metric for t in trials if t.metric is not None and not t.diverged]
+    metrics = [m for m in (t.scored(score) for t in trials) if m is not None]
     if iterations >= stage_iterations or score == "valid_loss" or not metrics:
         return 0.0
     return standard_error(max(metrics), n_valid)

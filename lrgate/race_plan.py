@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from lrgate.errors import LrgateError
+from lrgate.errors import CurveError, LrgateError
+from lrgate.suggest import suggest
 
 ETA = 3  # each rung keeps the best third (rounded up), and trains them three times as long
 STEP_DECADES = 0.5  # candidates lie half a decade apart (1e-3, 3.2e-3, ...: the benchmark grid's spacing)...
@@ -75,6 +76,11 @@ class Trial:
     def diverged(self) -> bool:
         return not math.isfinite(self.valid_loss)
 
+    def scored(self, score: str) -> float | None:
+        """The trial's ``score`` (``valid_loss`` or its metric); None when it diverged or has none."""
+        value = self.valid_loss if score == "valid_loss" else self.metric
+        return None if value is None or not math.isfinite(value) or self.diverged else value
+
 
 @dataclass(frozen=True)
 class Race:
@@ -97,6 +103,12 @@ class Race:
     @property
     def iterations(self) -> int:
         return sum(t.iterations for t in self.trials)
+
+    @property
+    def winning_trial(self) -> Trial | None:
+        """The winner's trial in the last rung (None when every trial diverged and the lowest lr fell back)."""
+        last = self.trials[-1].rung
+        return next((t for t in self.trials if t.rung == last and t.lr == self.winner), None)
 
     @property
     def cost_in_trainings(self) -> float:
@@ -241,8 +253,6 @@ def rule_picks(
     lrs: Sequence[float], losses: Sequence[float], state: str, *, noise: int, n_groups: int | None = None
 ) -> dict[str, float]:
     """Each of :data:`SPAN_RULES`' lr (a slice's upper end) on one curve; a rule that cannot read it is left out."""
-    from lrgate.suggest import CurveError, suggest
-
     picks = {}
     for name in SPAN_RULES:
         try:
@@ -259,8 +269,8 @@ def lower_is_better(score: str) -> bool:
 
 def ranking_key(trial: Trial, score: str):
     """Sort key, best first: finite losses before diverged ones, then the score, then the validation loss."""
-    value = trial.valid_loss if score == "valid_loss" else trial.metric
-    if value is None or not math.isfinite(value) or trial.diverged:
+    value = trial.scored(score)
+    if value is None:
         return (1, math.inf, math.inf)
     return (0, value if lower_is_better(score) else -value, trial.valid_loss)
 

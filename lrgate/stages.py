@@ -331,7 +331,7 @@ def range_test(cfg: RunConfig, run: RunInfo, checkpoint: str, gate: str, log: Lo
                 learn,
                 s,
                 recorded_curve(learn),
-                epochs=cfg.train.frozen_epochs if gate == "frozen" else cfg.train.unfrozen_epochs,
+                epochs=stage_epochs(cfg, "train-frozen" if gate == "frozen" else "fine-tune"),  # what it trains
                 range_test_iterations=cfg.lr_find.num_it,
                 budget=cfg.race.budget,
                 score=cfg.race.score or cfg.promotion.metric,

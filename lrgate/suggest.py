@@ -640,10 +640,11 @@ def format_choices(s: Suggestion, *, race: bool = True) -> str:
 def format_race(race: Race) -> list[str]:
     """The race as text lines: each trial's lr, length and scores by rung, the curve rules' picks, the cost."""
     lines = [f"race (scored by {race.score}; winner {race.winner:.2e}):"]
+    won = race.winning_trial
     for t in race.trials:
         loss = "diverged" if t.diverged else f"valid_loss {t.valid_loss:.4g}"
         metric = "" if t.metric is None else f"  {race.score} {t.metric:.4g}"
-        mark = "  <- winner" if t.lr == race.winner and t.rung == race.trials[-1].rung else ""
+        mark = "  <- winner" if t is won else ""
         lines.append(f"  rung {t.rung}  lr {t.lr:.2e}  {t.iterations:>6} it  {loss}{metric}{mark}")
     lines.append("  curve rules: " + ", ".join(f"{name} {lr:.2e}" for name, lr in race.rule_picks.items()))
     lines.append(
