@@ -13,7 +13,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lrgate.work_pools import KINDS, TEMPLATES, WorkPoolTemplateError, load_template, main, render, submission
+from lrgate.operations.work_pools import (
+    KINDS,
+    TEMPLATES,
+    WorkPoolTemplateError,
+    load_template,
+    main,
+    render,
+    submission,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -173,6 +181,42 @@ def test_prefects_process_worker_builds_the_same_job_and_pins_the_run(prefect_ap
     unpinned = asyncio.run(ProcessJobConfiguration.from_template_and_values(template, {}))
     unpinned.prepare_for_flow_run(FlowRun(flow_id=uuid.uuid4()))
     assert unpinned.env["CUDA_VISIBLE_DEVICES"] == "0,1"
+
+
+def test_a_dot_key_job_variable_merges_into_its_variable_as_prefects_worker_merges_it(prefect_api):
+    # prefect/workers/base.py, BaseJobConfiguration.from_template_and_values: each dot key is set inside its
+    # variable, the plain keys are deep-merged over that (a plain env's key wins over the same dot key), and the
+    # env that results is merged over an env dict the configuration sets itself (process: CUDA_VISIBLE_DEVICES).
+    from prefect.workers.process import ProcessJobConfiguration
+
+    template = load_template("process")
+    job = {"cuda_visible_devices": "1", "env": ENV, "env.FOO": "bar"}
+    assert render(template, job)["env"] == {"CUDA_VISIBLE_DEVICES": "1", **ENV, "FOO": "bar"}
+    worker = asyncio.run(ProcessJobConfiguration.from_template_and_values(template, job))
+    assert worker.env == render(template, job)["env"]
+
+    assert submission("kubernetes", {"env.FOO": "bar"}).env == {"FOO": "bar"}
+    assert submission("docker", {"env.FOO": "bar", "env": ENV}).env == {**ENV, "FOO": "bar"}
+    assert submission("docker", {"env.FOO": "bar", "env": {"FOO": "nested"}}).env == {"FOO": "nested"}
+    # Checked as the env variable's values are (the server checks no dot key), and named by the key as given.
+    with pytest.raises(WorkPoolTemplateError, match=r"^job variable 'env\.FOO': 1 is not of type 'string'$"):
+        submission("docker", {"env.FOO": 1})
+    with pytest.raises(WorkPoolTemplateError, match=r"^job variable 'evn\.FOO': not declared by this template"):
+        submission("docker", {"evn.FOO": "bar"})
+
+
+def test_rendering_makes_no_prefect_client_and_refuses_what_only_a_server_resolves(monkeypatch):
+    import prefect.client.orchestration
+
+    def no_client(*args, **kwargs):
+        raise AssertionError("render asked Prefect for a client")
+
+    monkeypatch.setattr(prefect.client.orchestration, "get_client", no_client)
+    assert submission("kubernetes", {"gpu_limit": 2}).gpu_request == {"nvidia.com/gpu": 2}
+    with pytest.raises(WorkPoolTemplateError, match=r"\{\{ prefect\.variables\.registry }} needs a Prefect server"):
+        submission("docker", {"image": "{{ prefect.variables.registry }}/lrgate:1.2"})
+    with pytest.raises(WorkPoolTemplateError, match=r"\{\{ prefect\.blocks\.secret\.token }} needs a Prefect server"):
+        submission("kubernetes", {"env": {"TOKEN": "{{ prefect.blocks.secret.token }}"}})
 
 
 @pytest.fixture(scope="module")
