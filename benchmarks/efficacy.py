@@ -1,8 +1,8 @@
 """Efficacy benchmark, training part: real ``lr_find`` curves and an oracle lr grid for six small transfer tasks.
 
-    python benchmarks/efficacy.py record [--max-minutes 100] [--tasks NAME ...]   # resumable, in chunks
-    python benchmarks/efficacy.py race [--split third] [--budget 1] [--max-minutes 30]  # resumable, in chunks
-    python benchmarks/efficacy.py score [--split held_out|fresh|third|tuning|all] [--plot FILE]  # no training
+    python -m benchmarks.efficacy record [--max-minutes 100] [--tasks NAME ...]   # resumable, in chunks
+    python -m benchmarks.efficacy race [--split third] [--budget 1] [--max-minutes 30]  # resumable, in chunks
+    python -m benchmarks.efficacy score [--split held_out|fresh|third|tuning|all] [--plot FILE]  # no training
 
 For each task (data set x pretrained body x optimiser x batch size) and seed it records:
 
@@ -12,9 +12,9 @@ For each task (data set x pretrained body x optimiser x batch size) and seed it 
 4. from that checkpoint, ``unfreeze()`` and the unfrozen range test;
 5. the unfrozen grid: ``fit_one_cycle(epochs, slice(hi / 10, hi))`` for every ``hi`` of ``UNFROZEN_GRID``.
 
-``race`` runs lrgate's race (:mod:`lrgate.race`) on each recorded curve, from the same start as that curve's grid,
-at a budget in trainings of the stage, and records its winner and cost in ``races.csv``; scoring looks the winner up
-on the grid like any other method's lr.
+``race`` runs lrgate's race (:mod:`lrgate.training.race`) on each recorded curve, from the same start as that
+curve's grid, at a budget in trainings of the stage, and records its winner and cost in ``races.csv``; scoring
+looks the winner up on the grid like any other method's lr.
 
 Every result is appended to the data files in ``benchmarks/efficacy/`` as soon as it exists (atomic rewrites), and
 a rerun skips what is there: stop it at any time, or give it ``--max-minutes`` and run it again for the next chunk.
@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,19 +45,17 @@ from fastai.torch_core import set_seed
 from PIL import Image, ImageDraw
 from sklearn.datasets import load_digits, load_sample_images
 
+from benchmarks import efficacy_scoring as scoring
+from lrgate.core.curve_file import write_curve_csv
+from lrgate.core.outputs import write_text
+from lrgate.core.suggest import suggest
+from lrgate.training.efficientnet_lite0 import INPUT_MEAN, INPUT_STD
+from lrgate.training.models import lite0_model, lite0_splitter
+from lrgate.training.race import race_suggestion
+from lrgate.training.range_test import run_range_test
+from tests.tiny_learners import pretrained_body, three_groups, tiny_cnn
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # `python benchmarks/efficacy.py` from a checkout: tests.tiny_learners is the tiny CNN
-
-from lrgate import efficacy  # noqa: E402
-from lrgate.curve_file import write_curve_csv  # noqa: E402
-from lrgate.efficientnet_lite0 import INPUT_MEAN, INPUT_STD  # noqa: E402
-from lrgate.models import lite0_model, lite0_splitter  # noqa: E402
-from lrgate.outputs import write_text  # noqa: E402
-from lrgate.race import race_suggestion  # noqa: E402
-from lrgate.range_test import run_range_test  # noqa: E402
-from lrgate.suggest import suggest  # noqa: E402
-from tests.tiny_learners import pretrained_body, three_groups, tiny_cnn  # noqa: E402
-
 DATA = ROOT / "benchmarks" / "efficacy"
 WORK = ROOT / "runs" / "efficacy-work"
 FROZEN_GRID = [float(10**e) for e in np.arange(-5, 1.01, 0.5)]  # 1e-5 .. 10, half-decade steps
@@ -272,8 +269,8 @@ class Recorder:
 
     def __init__(self, data: Path, work: Path, max_minutes: float) -> None:
         self.data, self.work = data, work
-        self.grid = read_rows(data / efficacy.GRID_FILE)
-        self.ranges = read_rows(data / efficacy.RANGE_FILE)
+        self.grid = read_rows(data / scoring.GRID_FILE)
+        self.ranges = read_rows(data / scoring.RANGE_FILE)
         self.deadline = time.monotonic() + 60 * max_minutes
         self.trained = 0
 
@@ -293,11 +290,11 @@ class Recorder:
     def add_grid(self, row: dict) -> None:
         self.trained += 1
         self.grid.append(row)
-        write_rows(self.data / efficacy.GRID_FILE, GRID_FIELDS, self.grid)
+        write_rows(self.data / scoring.GRID_FILE, GRID_FIELDS, self.grid)
 
     def add_range(self, row: dict) -> None:
         self.ranges.append(row)
-        write_rows(self.data / efficacy.RANGE_FILE, RANGE_FIELDS, self.ranges)
+        write_rows(self.data / scoring.RANGE_FILE, RANGE_FIELDS, self.ranges)
 
 
 def fit(learn: Learner, epochs: int, lr: float | slice) -> tuple[float, float, float, float]:
@@ -345,7 +342,7 @@ def record_task(name: str, seeds: list[int], all_seeds: list[int], rec: Recorder
         if stage == "unfrozen":
             if not all(rec.has_grid(name, seed, "frozen", lr) for seed in all_seeds for lr in FROZEN_GRID):
                 return True  # the frozen grid is unfinished: the checkpoint lr is not known yet
-            frozen = efficacy.mean_accuracy(efficacy.grid_frame(rec.grid), name, "frozen", all_seeds)
+            frozen = scoring.mean_accuracy(scoring.grid_frame(rec.grid), name, "frozen", all_seeds)
             checkpoint_lr = float(frozen.idxmax())
             recorded = {float(r["checkpoint_lr"]) for r in rec.ranges if r["task"] == name and r["checkpoint_lr"]}
             if any(not np.isclose(lr, checkpoint_lr, rtol=1e-5) for lr in recorded):
@@ -359,7 +356,7 @@ def record_task(name: str, seeds: list[int], all_seeds: list[int], rec: Recorder
                 with learn.no_bar():
                     lrs, losses = run_range_test(learn)
                 seconds = time.perf_counter() - started
-                write_curve_csv(rec.data / "curves" / efficacy.curve_name(name, seed, stage), lrs, losses)
+                write_curve_csv(rec.data / "curves" / scoring.curve_name(name, seed, stage), lrs, losses)
                 rec.add_range(
                     {
                         "task": name,
@@ -395,7 +392,7 @@ def record_task(name: str, seeds: list[int], all_seeds: list[int], rec: Recorder
     return True
 
 
-def race_curve(bench: efficacy.Benchmark, name: str, seed: int, stage: str, budget: float, work: Path) -> dict:
+def race_curve(bench: scoring.Benchmark, name: str, seed: int, stage: str, budget: float, work: Path) -> dict:
     """Race on one recorded curve, from the start its grid trained from; the row for ``races.csv``."""
     if stage == "frozen":
         learn = make_learner(name, seed, work)
@@ -431,14 +428,14 @@ def noop(_: str) -> None:
 
 def race(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
-    bench = efficacy.load_benchmark(args.data)
-    path = args.data / efficacy.RACE_FILE
+    bench = scoring.load_benchmark(args.data)
+    path = args.data / scoring.RACE_FILE
     rows = read_rows(path)
     deadline, raced = time.monotonic() + 60 * args.max_minutes, 0
     done = {(r["task"], int(r["seed"]), r["stage"], float(r["budget"])) for r in rows}
     for budget in args.budget:
         for name, seed in bench.pairs(args.split):
-            for stage in efficacy.STAGES:
+            for stage in scoring.STAGES:
                 if (name, seed, stage, budget) in done:
                     continue
                 if raced and time.monotonic() > deadline:  # every chunk races at least once
@@ -459,9 +456,9 @@ def race(args: argparse.Namespace) -> int:
 
 def record(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
-    split = efficacy.read_split(args.data)
+    split = scoring.read_split(args.data)
     seeds_of = {name: split["seeds"] for name in split["tasks"]}
-    for later in efficacy.LATER_SPLITS:  # each later split's tasks, with that split's own seeds
+    for later in scoring.LATER_SPLITS:  # each later split's tasks, with that split's own seeds
         seeds_of |= {name: split[later]["seeds"] for name in split.get(later, {}).get("tasks", [])}
     rec = Recorder(args.data, args.work, args.max_minutes)
     for name in args.tasks or list(seeds_of):
@@ -476,22 +473,22 @@ def record(args: argparse.Namespace) -> int:
 
 
 def score(args: argparse.Namespace) -> int:
-    bench = efficacy.load_benchmark(args.data)
-    extra = dict(efficacy.carried_over(bench)) if args.split in efficacy.LATER_SPLITS else {}
-    extra |= efficacy.race_methods(args.data)
+    bench = scoring.load_benchmark(args.data)
+    extra = dict(scoring.carried_over(bench)) if args.split in scoring.LATER_SPLITS else {}
+    extra |= scoring.race_methods(args.data)
     for n in args.sweeps:
-        extra[f"Optuna TPE sweep ({n} trainings)"] = efficacy.sweep_method(bench, args.split, n)
-    extra[efficacy.OWN_GRID] = efficacy.own_seed_grid(bench, args.split)
-    table = efficacy.score_table(bench, args.split, extra=extra)
-    print(efficacy.format_table(table, args.split))
+        extra[f"Optuna TPE sweep ({n} trainings)"] = scoring.sweep_method(bench, args.split, n)
+    extra[scoring.OWN_GRID] = scoring.own_seed_grid(bench, args.split)
+    table = scoring.score_table(bench, args.split, extra=extra)
+    print(scoring.format_table(table, args.split))
     print()
-    print(efficacy.format_costs(bench))
+    print(scoring.format_costs(bench))
     if args.plot:
-        efficacy.regret_plot(table, args.plot, title=f"lr suggestions against the oracle grid ({args.split} split)")
+        scoring.regret_plot(table, args.plot, title=f"lr suggestions against the oracle grid ({args.split} split)")
         print(f"\nplot: {args.plot}")
     if args.cost_plot:
         grid_size = {"frozen": len(FROZEN_GRID), "unfrozen": len(UNFROZEN_GRID)}
-        efficacy.cost_plot(table, args.cost_plot, grid_size, title=f"regret against cost ({args.split} split)")
+        scoring.cost_plot(table, args.cost_plot, grid_size, title=f"regret against cost ({args.split} split)")
         print(f"cost plot: {args.cost_plot}")
     return 0
 

@@ -1,6 +1,6 @@
 """Load: N tiny pipeline runs queued at once on a local Prefect server, run by two process workers.
 
-    python benchmarks/load.py [--runs 20] [--workers 2] [--api-url URL] [--config CONFIG.yaml] [--out DIR]
+    python -m benchmarks.load [--runs 20] [--workers 2] [--api-url URL] [--config CONFIG.yaml] [--out DIR]
 
 Starts a ``prefect server`` on a free port (unless ``--api-url`` names a running one), a process work pool
 ``lrgate-load`` with its workers, deploys the pipeline from this checkout, queues N runs of a tiny config (each
@@ -22,37 +22,15 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
-from lrgate.process_groups import free_port, start_group, start_workers, stop_groups
+from tests.local_prefect import start_server, start_workers, stop_groups
 
 ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
 POOL = "lrgate-load"
 MODEL_STAGES = ("lr-suggest", "train-frozen", "fine-tune")  # the range tests and the fits
 OUTPUTS = ("summary.json", "report.md", "model.pkl")
 LATENCY_LIMIT_S = 1.0
-
-
-def start_server(out: Path, env: dict[str, str]) -> tuple[subprocess.Popen, str]:
-    """``prefect server start`` on a free port with its own PREFECT_HOME; returns it and its API URL once healthy."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}/api"
-    env = {**env, "PREFECT_HOME": str(out / "prefect-home"), "PREFECT_UI_API_URL": url}
-    server = start_group(
-        [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)], out / "server.log", env
-    )
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2):
-                return server, url
-        except OSError:
-            if server.poll() is not None or time.monotonic() > deadline:
-                stop_groups([server])
-                raise SystemExit(f"prefect server did not start: see {out / 'server.log'}") from None
-            time.sleep(0.5)
 
 
 def load_config_copy(config: Path, out: Path) -> Path:
@@ -61,8 +39,8 @@ def load_config_copy(config: Path, out: Path) -> Path:
     runs that start together do not each write it."""
     import yaml
 
-    from lrgate.config import load_config
-    from lrgate.stages import load_images
+    from lrgate.core.config import load_config
+    from lrgate.training.stage_functions import load_images
 
     raw = load_config(config).model_dump(mode="json")
     raw["output_dir"] = str(out / "runs")
@@ -161,7 +139,10 @@ def main() -> int:
         if args.api_url:
             url = args.api_url
         else:
-            server, url = start_server(out, env)
+            try:
+                server, url = start_server(out / "prefect-home", env)
+            except RuntimeError as e:
+                raise SystemExit(str(e)) from None
             started.append(server)
         env["PREFECT_API_URL"] = os.environ["PREFECT_API_URL"] = url  # before Prefect is imported here
         return run_load(args, out, url, env, started)
@@ -170,11 +151,12 @@ def main() -> int:
 
 
 def run_load(args: argparse.Namespace, out: Path, url: str, env: dict[str, str], started: list) -> int:
-    from lrgate.flows.pipeline import pipeline
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import WorkPoolCreate
     from prefect.deployments import run_deployment
     from prefect.states import Cancelled, Cancelling
+
+    from lrgate.flows.pipeline import pipeline
 
     config = load_config_copy(args.config, out)
     with get_client(sync_client=True) as client:

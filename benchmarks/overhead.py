@@ -1,6 +1,6 @@
 """What lrgate's orchestration costs: the pipeline against a plain fastai script doing the same steps.
 
-    python benchmarks/overhead.py [CONFIG.yaml]      # default: configs/demo.yaml
+    python -m benchmarks.overhead [CONFIG.yaml]      # default: configs/demo.yaml
 
 Runs the pipeline (Prefect's embedded server unless PREFECT_API_URL is set), then a plain script with the same
 data, body, seed, range tests and the lr and slice the pipeline's gates chose, and prints the wall time of each
@@ -17,9 +17,9 @@ from pathlib import Path
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
-from lrgate.config import load_config  # noqa: E402
-from lrgate.run_dir import RunInfo  # noqa: E402
-from lrgate.stages import as_lr, make_learner  # noqa: E402
+from lrgate.core.config import load_config  # noqa: E402
+from lrgate.core.run_dir import RunInfo  # noqa: E402
+from lrgate.training.stage_functions import as_lr, make_learner  # noqa: E402
 
 
 def plain_fastai(config: Path, lr, sl) -> dict[str, float]:

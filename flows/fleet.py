@@ -28,11 +28,11 @@ from prefect.exceptions import ObjectNotFound
 from prefect.runtime import flow_run
 from prefect.states import Failed
 
-from lrgate.errors import LrgateError, quiet_run_tracebacks
-from lrgate.fleet_config import Fleet, Member, load_fleet
-from lrgate.fleet_report import fleet_outcome, member_row, render_fleet_report
-from lrgate.outputs import write_text
-from lrgate.run_dir import run_stamp
+from lrgate.core.errors import LrgateError, quiet_run_tracebacks
+from lrgate.core.fleet_config import Fleet, Member, load_fleet
+from lrgate.core.outputs import write_text
+from lrgate.core.run_dir import run_stamp
+from lrgate.operations.fleet_report import fleet_outcome, member_row, render_fleet_report
 
 quiet_run_tracebacks()  # lrgate's own errors are logged as one line, no stack
 POLL_SECONDS = 2  # how often the fleet reads its runs' states (Prefect's default: 5)

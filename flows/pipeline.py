@@ -13,7 +13,19 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
+from prefect.runtime import flow_run
+from prefect.states import Cancelled, State
+
+from lrgate.core.config import load_config
+from lrgate.core.errors import Rejected, quiet_run_tracebacks
+from lrgate.core.gate_records import Decision, GateRecord
+from lrgate.core.outputs import write_text
+from lrgate.core.run_dir import open_run, run_stamp
 from lrgate.flows.gates import gate_decision
+from lrgate.operations.promotion import promote
+from lrgate.operations.report import metrics_rows, render_report
 from lrgate.tasks.stages import (
     artifact_key,
     build_data,
@@ -25,19 +37,9 @@ from lrgate.tasks.stages import (
     train_frozen,
     unfreeze,
 )
-from prefect import flow, get_run_logger
-from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
-from prefect.runtime import flow_run
-from prefect.states import Cancelled, State
-
-from lrgate.config import load_config
-from lrgate.errors import Rejected, quiet_run_tracebacks
-from lrgate.outputs import write_text
-from lrgate.promotion import promote
-from lrgate.report import metrics_rows, render_report
-from lrgate.run_dir import open_run, run_stamp
 
 quiet_run_tracebacks()  # lrgate's own errors (a curve, a gate, the data) are logged as one line, no stack
+RANGE_TEST_FILES = {"plot", "curve_csv", "frame_csv", "gpu_slot"}  # of each gate's record, in summary.json
 STAGES = ("build-learner", "gate-frozen", "train-frozen", "unfreeze", "gate-unfrozen", "fine-tune", "export")
 
 
@@ -48,7 +50,7 @@ def pipeline(config: str, out: str | None = None) -> dict[str, Any]:
     Returns a summary: the run folder, both gates' decisions, the metrics and each stage's final state
     (``Completed``, or ``Cached`` for a stage a resumed run did not redo). A rejected gate ends the run
     ``Cancelled``, with the reason in its state message, the report and ``summary.json``; its result is a
-    :class:`~lrgate.errors.Rejected` error (raised by ``pipeline(...)`` called without ``return_state``).
+    :class:`~lrgate.core.errors.Rejected` error (raised by ``pipeline(...)`` called without ``return_state``).
     """
     logger = get_run_logger()
     cfg = load_config(config)
@@ -57,7 +59,7 @@ def pipeline(config: str, out: str | None = None) -> dict[str, Any]:
     logger.info("%s run %s in %s", "resuming" if resumed else "starting", run.run_id, run.run_dir)
     progress = create_progress_artifact(0.0, key=artifact_key(cfg, "progress"), description=f"run {run.run_id}")
     states: dict[str, str] = {}
-    gates: list[tuple[dict[str, Any], dict[str, Any]]] = []
+    gates: list[tuple[GateRecord, Decision]] = []
     trainings: list[dict[str, Any]] = []
 
     def stage(name: str, t, *args) -> dict[str, Any]:
@@ -69,13 +71,12 @@ def pipeline(config: str, out: str | None = None) -> dict[str, Any]:
         update_progress_artifact(progress, 100.0 * len(states) / len(STAGES))
         return result
 
-    def gate(record: dict[str, Any], gate_cfg) -> dict[str, Any]:
+    def gate(name: str, checkpoint: str, gate_cfg) -> Decision:
+        record = GateRecord.read(stage(f"gate-{name}", lr_suggest, checkpoint, name), f"gate {name}'s range test")
         decision = gate_decision(cfg, run, record, gate_cfg)
         gates.append((record, decision))
-        if decision["value"] is not None:  # a rejection is said once, by rejected()
-            logger.info(
-                "gate %s: %s by %s: %s", record["gate"], decision["action"], decision["reviewer"], decision["value"]
-            )
+        if not decision.rejected:  # a rejection is said once, by rejected()
+            logger.info("gate %s: %s by %s: %s", name, decision.action, decision.reviewer, decision.value)
         return decision
 
     def finish(outcome: str, model: dict[str, Any] | None, promotion: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -101,9 +102,9 @@ def pipeline(config: str, out: str | None = None) -> dict[str, Any]:
             "run_id": run.run_id,
             "resumed": resumed,
             "outcome": outcome,
-            "decisions": {record["gate"]: decision for record, decision in gates},
+            "decisions": {record.gate: decision.to_json() for record, decision in gates},
             "range_tests": {
-                record["gate"]: {k: record.get(k) for k in ("plot", "curve_csv", "frame_csv", "gpu_slot")}
+                record.gate: record.to_json(include={"plot", "curve_csv", "frame_csv", "gpu_slot"})
                 for record, _ in gates
             },
             "metrics": {t["stage"]: t for t in trainings},
@@ -116,23 +117,23 @@ def pipeline(config: str, out: str | None = None) -> dict[str, Any]:
         logger.info("%s: report %s", outcome, summary["report"])
         return summary
 
-    def rejected(decision: dict[str, Any]) -> State:
+    def rejected(decision: Decision) -> State:
         # The run ends Cancelled, its result the Rejected error (a state's result must be an exception or None:
         # Prefect raises it when reading the result; summary.json and the report hold the summary).
-        outcome = f"rejected at gate {decision['gate']} by {decision['reviewer']}: {decision['reason']}"
+        outcome = f"rejected at gate {decision.gate} by {decision.reviewer}: {decision.reason}"
         finish(outcome, None)
         return Cancelled(message=outcome, data=Rejected(outcome))
 
     initial = stage("build-learner", build_learner)
-    lr = gate(stage("gate-frozen", lr_suggest, initial["checkpoint"], "frozen"), cfg.gates.frozen)
-    if lr["value"] is None:
-        return rejected(lr)
-    trainings.append(stage("train-frozen", train_frozen, initial["checkpoint"], lr["value"]))
+    frozen = gate("frozen", initial["checkpoint"], cfg.gates.frozen)
+    if frozen.rejected:
+        return rejected(frozen)
+    trainings.append(stage("train-frozen", train_frozen, initial["checkpoint"], frozen.value))
     unfrozen = stage("unfreeze", unfreeze, trainings[-1]["checkpoint"])
-    sl = gate(stage("gate-unfrozen", lr_suggest, unfrozen["checkpoint"], "unfrozen"), cfg.gates.unfrozen)
-    if sl["value"] is None:
-        return rejected(sl)
-    trainings.append(stage("fine-tune", fine_tune, unfrozen["checkpoint"], sl["value"]))
+    fine = gate("unfrozen", unfrozen["checkpoint"], cfg.gates.unfrozen)
+    if fine.rejected:
+        return rejected(fine)
+    trainings.append(stage("fine-tune", fine_tune, unfrozen["checkpoint"], fine.value))
     model = stage("export", export, trainings[-1]["checkpoint"])
     metric = trainings[-1]["epochs"][-1][cfg.promotion.metric]
     promotion = promote(cfg, run.run_dir, model["model"], metric, run.run_id)

@@ -16,13 +16,13 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from lrgate.errors import LrgateError
-from lrgate.suggest import BOWL, BOWL_MARGIN, DEFAULT_MARGIN, DEFAULT_METHOD, DEFAULT_NOISE, INFLECTION, METHODS
+from lrgate.core.errors import LrgateError
+from lrgate.core.suggest import BOWL, BOWL_MARGIN, DEFAULT_MARGIN, DEFAULT_METHOD, DEFAULT_NOISE, INFLECTION, METHODS
 
 
 def _suggest(args: argparse.Namespace) -> int:
-    from lrgate.curve_file import read_curve_csv
-    from lrgate.suggest import format_choices, suggest
+    from lrgate.core.curve_file import read_curve_csv
+    from lrgate.core.suggest import format_choices, suggest
 
     lrs, losses = read_curve_csv(args.curve)
     if args.plot:
@@ -33,7 +33,7 @@ def _suggest(args: argparse.Namespace) -> int:
                 )
     s = suggest(lrs, losses, args.state, method=args.method, noise=args.noise, margin=args.margin)
     if args.plot:
-        from lrgate.plot import save_review
+        from lrgate.core.plot import save_review
 
         save_review(s, args.plot, show_maxima=args.maxima)
     if args.json:
@@ -46,8 +46,8 @@ def _suggest(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from lrgate.config import load_config
-    from lrgate.run_dir import RUN_FILE
+    from lrgate.core.config import load_config
+    from lrgate.core.run_dir import RUN_FILE
 
     cfg = load_config(args.config)  # a bad config fails here, in one line, before Prefect starts
     if args.resume is not None and not (args.resume / RUN_FILE).is_file():
@@ -83,7 +83,7 @@ def temporary_server():
     if settings.api.url or not settings.server.ephemeral.enabled:
         yield
         return
-    from lrgate.process_groups import ServerWatch, start_tied_server
+    from lrgate.operations.local_server import ServerWatch, start_tied_server
 
     def died(message: str) -> None:
         sys.stderr.write(f"lrgate: error: {message}\n")
@@ -98,11 +98,11 @@ def temporary_server():
 
 
 def check_writable(folder: Path) -> None:
-    """Raise :class:`~lrgate.outputs.OutputError` naming ``folder`` if a file cannot be made in it, or in the
+    """Raise :class:`~lrgate.core.outputs.OutputError` naming ``folder`` if a file cannot be made in it, or in the
     nearest folder above it that exists (the run creates the rest): read-only, or not this user's to write."""
     import tempfile
 
-    from lrgate.outputs import writing
+    from lrgate.core.outputs import writing
 
     existing = folder.resolve()
     while not existing.exists():
@@ -112,7 +112,7 @@ def check_writable(folder: Path) -> None:
 
 
 def _fleet(args: argparse.Namespace) -> int:
-    from lrgate.fleet_config import load_fleet
+    from lrgate.core.fleet_config import load_fleet
 
     load_fleet(args.fleet)  # a bad fleet file, or a bad config in it, fails here in one line before Prefect starts
     quiet_offline_prefect()
@@ -141,7 +141,7 @@ def _fleet(args: argparse.Namespace) -> int:
 
 
 def _pending(args: argparse.Namespace) -> int:
-    from lrgate.review import pending
+    from lrgate.operations.review import pending
 
     runs = pending()
     if args.json:
@@ -165,7 +165,7 @@ def _parse_slice(text: str) -> tuple[float, float]:
 
 
 def _approve(args: argparse.Namespace) -> int:
-    from lrgate.review import answer
+    from lrgate.operations.review import answer
 
     sent = answer(args.run_id, lr=args.lr, slice_=args.slice, reviewer=args.reviewer)
     what = "override" if sent["decision"] == "override" else "approved the suggestion"
@@ -174,7 +174,7 @@ def _approve(args: argparse.Namespace) -> int:
 
 
 def _reject(args: argparse.Namespace) -> int:
-    from lrgate.review import answer
+    from lrgate.operations.review import answer
 
     sent = answer(args.run_id, reject=args.reason, reviewer=args.reviewer)
     print(f"gate {sent['gate']} of run {args.run_id}: rejected as {sent['reviewer']}")
@@ -325,7 +325,7 @@ def _unplug_stdout() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from lrgate.outputs import OutputError, writing
+    from lrgate.core.outputs import OutputError, writing
 
     args = build_parser().parse_args(attach_negative_values(sys.argv[1:] if argv is None else argv))
     # What a command prints is held and written at its end, so that a full disk under standard output is told

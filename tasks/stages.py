@@ -1,4 +1,5 @@
-"""Prefect tasks, one per pipeline stage: thin wrappers over :mod:`lrgate.stages`, plus the Prefect artifacts.
+"""Prefect tasks, one per pipeline stage: thin wrappers over
+:mod:`lrgate.training.stage_functions`, plus the Prefect artifacts.
 
 Each stage's result is persisted in its run folder under a key made of the run id, the config digest, the data
 fingerprint and the stage name (:meth:`RunInfo.stage_key`): a resumed run gets its finished stages back as
@@ -11,13 +12,11 @@ holds nothing.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import os
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from prefect import Task, get_run_logger, task
@@ -30,11 +29,11 @@ from prefect.exceptions import ObjectNotFound
 from prefect.runtime import task_run
 from prefect.serializers import JSONSerializer
 
-from lrgate import stages
-from lrgate.config import RunConfig
-from lrgate.errors import LrgateError
-from lrgate.report import format_value, race_markdown
-from lrgate.run_dir import RunInfo, changed_files, read_stage_record
+from lrgate.core.config import RunConfig
+from lrgate.core.errors import LrgateError
+from lrgate.core.run_dir import RunInfo, changed_files, read_stage_record
+from lrgate.operations.report import gate_markdown
+from lrgate.training import stage_functions as stages
 
 RESULTS_DIR = ".prefect-results"
 GPU_LIMIT_ENV = "LRGATE_GPU_LIMIT"
@@ -148,79 +147,32 @@ def build_learner(cfg: RunConfig, run: RunInfo) -> dict[str, Any]:
     return result
 
 
-def _choices_list(choices: str) -> str:
-    """The choices table (``format_choices``) as a markdown list: a preformatted block as wide as the table
-    scrolls sideways on a narrow page, and a list wraps. Runs of spaces (the table's columns) become commas."""
-    items = []
-    for line in choices.splitlines():
-        cells = [c for c in line.strip().split("  ") if c.strip() not in ("", "-")]
-        if not cells or line.strip().startswith("1st"):
-            continue  # the header of the best-choices rows: said in their own text
-        head, *rest = (c.strip() for c in cells)
-        if head in ("gradient", "loss"):
-            items.append(f"- best by {head}, right to left: {', '.join(rest) or 'none'}")
-        else:
-            items.append(f"- {', '.join([head, *rest])}")
-    return "\n".join(i for i in items if i != "- best choices, right to left:")
-
-
-def gate_markdown(record: dict[str, Any], title: str, full_page: str | None = None) -> str:
-    """A gate's review page: the suggestion, the plot (embedded, so the UI shows it), the warnings, the race and the
-    choices, then the files. ``full_page`` (a URL: the gate's artifact) is linked under the plot, to read it large."""
-    png = base64.b64encode(Path(record["plot"]).read_bytes()).decode()
-    link = f"[Open this page full width, to read the plot large]({full_page})\n\n" if full_page else ""
-    folder = Path(record["plot"]).parent
-    s = record["suggestion"]
-    if s is None:  # the curve could not be read: its graph, and what a person may still decide
-        lo, hi = record["tested_range"]
-        kind = "a slice (lo and hi)" if record["takes_slice"] else "an lr"
-        return (
-            f"# {title}\n\n**The range test cannot be read ({record['state']}):** {record['error']}\n\n"
-            f"No suggestion to approve: override with {kind} inside the tested range {lo:.1e} .. {hi:.1e}, or "
-            f"reject.\n\n![the recorded curve](data:image/png;base64,{png})\n\n{link}"
-            f"**Files**, in {folder}:\n\n- {Path(record['plot']).name} (the plot)\n"
-            f"- {Path(record['curve_csv']).name} (the curve: lr, loss)\n"
-        )
-    value = format_value(s["slice"]) if s["slice"] else f"lr = {format_value(s['lr'])}"
-    warnings = "".join(f"\n- {w}" for w in s["warnings"]) or "\n- none"
-    how = "the race" if s.get("race") else s["method"]
-    race = "\n".join(race_markdown(s["race"], compact=True)) + "\n\n" if s.get("race") else ""
-    return (
-        f"# {title}\n\n**Suggestion ({s['state']}, {how}):** `{value}`\n\n"
-        f"![review plot](data:image/png;base64,{png})\n\n{link}**Warnings:**{warnings}\n\n{race}"
-        f"**The range test's choices:**\n\n{_choices_list(record['choices'])}\n\n"
-        f"**Files**, in {folder}:\n\n- {Path(record['plot']).name} (the plot)\n"
-        f"- {Path(record['frame_csv']).name} (the data behind it)\n"
-        f"- {Path(record['curve_csv']).name} (the curve: lr, loss)\n"
-    )
-
-
 @task(name="lr-suggest")
 def lr_suggest(cfg: RunConfig, run: RunInfo, checkpoint: str, gate: str) -> dict[str, Any]:
     """The LR range test of one gate: plot, curve data and suggestion in the run folder, and a review artifact.
+    Returns the gate's record (:class:`~lrgate.core.gate_records.GateRecord`) as its JSON object: what Prefect
+    persists and a resumed run reads back; the flow reads it into the record.
 
     It holds a GPU slot (:func:`gpu_slot`) for the test itself, which runs as many batches as a short fit; the
     slot is released before the gate decides, so a gate waiting for a reviewer never holds it.
     """
     with gpu_slot(f"lr-suggest {gate}") as slot:
         record = stages.range_test(cfg, run, checkpoint, gate, log=get_run_logger().info)
-    record["gpu_slot"] = slot
     title = f"Gate {'1' if gate == 'frozen' else '2'} ({gate}) of run {run.run_id}"
     artifact = create_markdown_artifact(
         gate_markdown(record, title), key=artifact_key(cfg, f"gate-{gate}"), description=f"lrgate review: {title}"
     )
-    record["artifact_id"] = str(artifact)  # the gate's form links to it: the same page, full width
-    if record["suggestion"] is None:
-        return record
-    s = record["suggestion"]
-    get_run_logger().info(
-        "gate %s: suggested %s (%d warning(s)); plot %s",
-        gate,
-        s["slice"] or s["lr"],
-        len(s["warnings"]),
-        record["plot"],
-    )
-    return record
+    # the gate's form links to the artifact: the same page, full width
+    record = record.model_copy(update={"gpu_slot": slot, "artifact_id": str(artifact)})
+    if record.suggestion is not None:
+        get_run_logger().info(
+            "gate %s: suggested %s (%d warning(s)); plot %s",
+            gate,
+            record.value,
+            len(record.suggestion.warnings),
+            record.plot,
+        )
+    return record.to_json()
 
 
 @task(name="train-frozen")

@@ -6,8 +6,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lrgate.process_groups import free_port
-
 # Offline: Prefect's server would try to send telemetry and log an error each time.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
@@ -57,44 +55,12 @@ def prefect_api(tmp_path_factory):
     In-process flows reach it through Prefect's settings, subprocesses (``lrgate run``, workers) through
     ``PREFECT_API_URL`` in the environment. Yields the API URL.
     """
-    import signal
-    import subprocess
-    import sys
-    import time
-    import urllib.request
-
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    home = tmp_path_factory.mktemp("prefect-server")
-    port = free_port()
-    url = f"http://127.0.0.1:{port}/api"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
-    env.update(
-        PREFECT_HOME=str(home),
-        PREFECT_SERVER_ANALYTICS_ENABLED="false",
-        PREFECT_SERVER_UI_ENABLED="true",
-        PREFECT_UI_API_URL=url,  # the UI's own calls (default: port 4200)
-        PREFECT_UI_URL=url.removesuffix("/api"),
-    )
-    log = (home / "server.log").open("w")
-    prefect = str(Path(sys.executable).parent / "prefect")
-    server = subprocess.Popen(
-        [prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    from tests.local_prefect import start_server, stop_groups
+
+    server, url = start_server(tmp_path_factory.mktemp("prefect-server"), os.environ)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2):
-                    break
-            except OSError:
-                assert server.poll() is None, (home / "server.log").read_text()[-2000:]
-                assert time.monotonic() < deadline, "prefect server did not become healthy in 120 s"
-                time.sleep(0.5)
         os.environ["PREFECT_API_URL"] = url
         with temporary_settings({PREFECT_API_URL: url}):
             yield url
@@ -106,13 +72,7 @@ def prefect_api(tmp_path_factory):
         APILogWorker.drain_all(timeout=10)
         EventsWorker.drain_all(timeout=10)
         os.environ.pop("PREFECT_API_URL", None)
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
-        log.close()
+        stop_groups([server])
 
 
 TINY_CONFIG = """
@@ -139,3 +99,21 @@ def tiny_config(
     race_line = "" if race else "race: off"
     path.write_text(TINY_CONFIG % {"extra": extra, "unfrozen_epochs": unfrozen_epochs, "name": name, "race": race_line})
     return path
+
+
+def suggestion_record(**fields):
+    """A suggestion record (``lrgate suggest --json``'s shape) with ``fields`` set; the rest plain defaults."""
+    from lrgate.core.gate_records import SuggestionRecord
+
+    base = {
+        "state": "frozen",
+        "method": "bowl",
+        "params": {"noise": 3, "margin": 0.5},
+        "lr": 1e-3,
+        "slice": None,
+        "candidates": {"gradient": [], "loss": []},
+        "min_loss_lr_div10": 1e-3,
+        "tested_range": [1e-7, 1.0],
+        "warnings": [],
+    }
+    return SuggestionRecord.read({**base, **fields})

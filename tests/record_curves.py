@@ -12,9 +12,9 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from lrgate.curve_file import write_curve_csv
-from lrgate.range_test import run_range_test
-from lrgate.suggest import suggest
+from lrgate.core.curve_file import write_curve_csv
+from lrgate.core.suggest import suggest
+from lrgate.training.range_test import run_range_test
 from tests.tiny_learners import pretrained_body, transfer_learner
 
 OUT = Path(__file__).resolve().parents[1] / "lrgate" / "example_curves"

@@ -193,7 +193,7 @@ def test_python_dash_m_works_too():
 def test_run_logs_keep_a_bugs_traceback_and_drop_lrgates_own():
     import logging
 
-    from lrgate.errors import CurveError, WithoutTraceback
+    from lrgate.core.errors import CurveError, WithoutTraceback
 
     def record(exc: Exception) -> logging.LogRecord:
         try:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from lrgate.config import ConfigError, load_config
+from lrgate.core.config import ConfigError, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lrgate.curve_file import read_curve_csv, write_curve_csv
-from lrgate.errors import CurveFileError
+from lrgate.core.curve_file import read_curve_csv, write_curve_csv
+from lrgate.core.errors import CurveFileError
 
 
 def test_round_trip_keeps_full_precision(tmp_path):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from lrgate.config import DataConfig
-from lrgate.data import DataError, build_dataloaders, list_images, write_demo_digits
+from lrgate.core.config import DataConfig
+from lrgate.training.data import DataError, build_dataloaders, list_images, write_demo_digits
 from tests.conftest import make_image_folder
 
 
@@ -26,7 +26,7 @@ def test_two_runs_writing_the_demo_digits_at_once_both_get_them(tmp_path, monkey
     # The other run's rename lands between this one's check and its own rename (a fleet's first runs).
     import os
 
-    import lrgate.data
+    import lrgate.training.data
 
     other = write_demo_digits(tmp_path / "other", per_class=3)
     real_replace = os.replace
@@ -35,7 +35,7 @@ def test_two_runs_writing_the_demo_digits_at_once_both_get_them(tmp_path, monkey
         real_replace(other, dst)
         real_replace(src, dst)  # onto a non-empty folder: refused, as it would be
 
-    monkeypatch.setattr(lrgate.data.os, "replace", rename_after_the_other_run)
+    monkeypatch.setattr(lrgate.training.data.os, "replace", rename_after_the_other_run)
     root = write_demo_digits(tmp_path, per_class=3)
     assert len(list(root.glob("*/*.png"))) == 30
     assert not list(tmp_path.glob(".digits-*"))  # this run's copy is cleaned up

@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 from fastai.distributed import DistributedDL
 from fastai.learner import load_learner
-from lrgate.flows.pipeline import pipeline
 
-from lrgate.config import ConfigError, load_config
-from lrgate.distributed import DistributedError, check_gpus, resolve_backend
-from lrgate.run_dir import open_run
-from lrgate.stages import load_images, train
+from lrgate.core.config import ConfigError, load_config
+from lrgate.core.run_dir import open_run
+from lrgate.flows.pipeline import pipeline
+from lrgate.training.distributed import DistributedError, check_gpus, resolve_backend
+from lrgate.training.stage_functions import load_images, train
 from tests.conftest import tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,15 +45,15 @@ def gloo_group():
 def test_fastai_still_broadcasts_through_cuda_so_the_cpu_workaround_is_needed(gloo_group):
     import torch
 
-    import lrgate.distributed_train
+    import lrgate.training.distributed_train
 
     # Importing the rank module patches nothing: only a rank process of a non-nccl launch does.
-    assert DistributedDL._broadcast is not lrgate.distributed_train._broadcast_on_cpu
-    assert lrgate.distributed_train._broadcast_on_cpu(None, [3, 1, 2], 0) == [3, 1, 2]
+    assert DistributedDL._broadcast is not lrgate.training.distributed_train._broadcast_on_cpu
+    assert lrgate.training.distributed_train._broadcast_on_cpu(None, [3, 1, 2], 0) == [3, 1, 2]
     if torch.cuda.is_available():
         pytest.skip("with a GPU, fastai's CUDA broadcast works on this machine: nothing to pin here")
     fixed = "fastai's DistributedDL._broadcast now works on a CPU gloo group: delete keep_broadcast_on_cpu in "
-    fixed += "lrgate/distributed_train.py and its call in main()"
+    fixed += "lrgate/training/distributed_train.py and its call in main()"
     try:
         DistributedDL._broadcast(None, [3, 1, 2], 0)
     except (RuntimeError, AssertionError) as e:  # "Found no NVIDIA driver" / "Torch not compiled with CUDA"
@@ -190,7 +190,7 @@ def test_a_launch_stops_when_the_process_that_started_it_is_killed_outright(tmp_
     # it, and without the kernel's parent-death signal its launch would train on, orphaned, for a minute.
     pid_file = tmp_path / "launch.pid"
     flow = (
-        "import sys\nfrom pathlib import Path\nfrom lrgate.distributed import _run\n"
+        "import sys\nfrom pathlib import Path\nfrom lrgate.training.distributed import _run\n"
         f"_run([sys.executable, '-c', 'import os, time; print(os.getpid(), flush=True); time.sleep(60)'], "
         f"Path({str(tmp_path / 'stderr.log')!r}), lambda line: Path({str(pid_file)!r}).write_text(line))\n"
     )
@@ -212,7 +212,7 @@ def test_an_interrupted_launch_whose_ranks_ignore_sigterm_is_killed_with_its_ran
     # without job control, as many CI runners do: Python then installs no handler of its own)
     flow = (
         "import signal\nsignal.signal(signal.SIGINT, signal.default_int_handler)\n"
-        "import sys\nfrom pathlib import Path\nimport lrgate.distributed as d\nd.STOP_GRACE_S = 1\n"
+        "import sys\nfrom pathlib import Path\nimport lrgate.training.distributed as d\nd.STOP_GRACE_S = 1\n"
         f"d._run([sys.executable, '-c', {launch!r}], Path({str(tmp_path / 'stderr.log')!r}), "
         f"lambda line: Path({str(pid_file)!r}).write_text(line))\n"
     )
@@ -225,11 +225,11 @@ def test_an_interrupted_launch_whose_ranks_ignore_sigterm_is_killed_with_its_ran
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
 def test_a_rank_stops_when_torchrun_itself_is_killed_outright(tmp_path):
     # torchrun starts each rank in a session of its own: if torchrun is SIGKILLed, only the rank's own parent-death
-    # request (what lrgate.distributed_train makes first) stops it.
+    # request (what lrgate.training.distributed_train makes first) stops it.
     pid_file = tmp_path / "rank.pid"
     script = tmp_path / "rank.py"
     script.write_text(
-        "import os, time\nfrom pathlib import Path\nfrom lrgate import parent_death\n"
+        "import os, time\nfrom pathlib import Path\nfrom lrgate.core import parent_death\n"
         "parent_death.arm(os.getppid())\n"
         f"Path({str(pid_file)!r}).write_text(str(os.getpid()))\ntime.sleep(60)\n"
     )

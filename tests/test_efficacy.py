@@ -12,8 +12,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lrgate import efficacy
-from lrgate.suggest import DEFAULT_METHOD
+from benchmarks import efficacy_scoring as efficacy
+from lrgate.core.suggest import DEFAULT_METHOD
 
 DATA = Path(__file__).resolve().parents[1] / "benchmarks" / "efficacy"
 DEFAULT = f"lrgate default ({DEFAULT_METHOD})"

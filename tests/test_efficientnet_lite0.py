@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from sklearn.datasets import load_sample_images
 
-from lrgate.efficientnet_lite0 import (
+from lrgate.training.efficientnet_lite0 import (
     INPUT_MEAN,
     INPUT_STD,
     EfficientNetLite0,

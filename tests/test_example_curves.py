@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lrgate.curve_file import read_curve_csv
-from lrgate.suggest import INFLECTION, suggest
+from lrgate.core.curve_file import read_curve_csv
+from lrgate.core.suggest import INFLECTION, suggest
 from tests.conftest import EXAMPLE_CURVES
 
 CURVES = sorted(EXAMPLE_CURVES.glob("*.csv"))

@@ -21,10 +21,10 @@ from pathlib import Path
 import pytest
 
 from lrgate.cli import main
-from lrgate.fleet_config import FleetConfigError, load_fleet
-from lrgate.fleet_report import fleet_outcome, member_row
-from lrgate.process_groups import start_workers, stop_groups
-from tests.conftest import make_image_folder, tiny_config
+from lrgate.core.fleet_config import FleetConfigError, load_fleet
+from lrgate.operations.fleet_report import fleet_outcome, member_row
+from tests.conftest import make_image_folder, suggestion_record, tiny_config
+from tests.local_prefect import start_workers, stop_groups
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -51,9 +51,10 @@ def write_fleet(folder: Path, entries: list[str], extra: str = "") -> Path:
 @pytest.fixture(scope="module")
 def deployed(prefect_api, tmp_path_factory):
     """The pipeline deployed as ``fleet-member`` on its own process pool, a GPU limit of 1, two workers."""
-    from lrgate.flows.pipeline import pipeline
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, WorkPoolCreate
+
+    from lrgate.flows.pipeline import pipeline
 
     with get_client(sync_client=True) as client:
         client.create_work_pool(WorkPoolCreate(name=POOL, type="process"), overwrite=True)
@@ -247,11 +248,12 @@ def test_with_a_limit_of_one_no_two_range_tests_or_fits_overlap(fleet_run):
 @pytest.mark.parametrize("limits", ["no-such-gpu-limit", "gpu-known,no-such-gpu-limit"])
 def test_a_gpu_limit_the_server_does_not_know_fails_the_first_gpu_stage(prefect_api, tmp_path, monkeypatch, limits):
     # A list takes a slot of every limit in it (a distributed run's GPUs): one unknown name is enough to fail.
-    from lrgate.flows.pipeline import pipeline
-    from lrgate.tasks.stages import GpuLimitError
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
     from prefect.exceptions import ObjectAlreadyExists
+
+    from lrgate.flows.pipeline import pipeline
+    from lrgate.tasks.stages import GpuLimitError
 
     with get_client(sync_client=True) as client, contextlib.suppress(ObjectAlreadyExists):
         client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name="gpu-known", limit=1))
@@ -311,13 +313,14 @@ def test_the_cli_needs_a_server_for_a_fleet(tmp_path):
 
 def test_rows_of_a_rejected_run_and_a_run_that_never_started(tmp_path):
     run_dir = tmp_path / "run"
-    suggested = {"lr": 0.002, "slice": None}
+    common = {"policy": "manual", "at": "2026-01-01T00:00:00+00:00", "reason": ""}
+    suggested = suggestion_record(lr=0.002).to_json()
     decision = {"value": 0.01, "source": "override", "action": "override", "reviewer": "dora", "suggested": suggested}
     (run_dir / "gate-frozen").mkdir(parents=True)
-    (run_dir / "gate-frozen" / "decision.json").write_text(json.dumps(decision))
+    (run_dir / "gate-frozen" / "decision.json").write_text(json.dumps({"gate": "frozen", **common, **decision}))
     (run_dir / "gate-unfrozen").mkdir()
-    rejection = {"value": None, "source": "reject", "action": "reject", "reviewer": "ann"}
-    (run_dir / "gate-unfrozen" / "decision.json").write_text(json.dumps(rejection))
+    rejection = {"value": None, "source": "reject", "action": "reject", "reviewer": "ann", "suggested": None}
+    (run_dir / "gate-unfrozen" / "decision.json").write_text(json.dumps({"gate": "unfrozen", **common, **rejection}))
     (run_dir / "gate-unfrozen" / "review.png").write_bytes(b"png")
     rejected = member_row("a.yaml", "fleet-1-a", "Cancelled", "rejected at gate unfrozen by ann: flat", run_dir)
     assert rejected["gate_1"] == "1.00e-02 (override)" and rejected["gate_1_by"] == "override by dora"

@@ -10,10 +10,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from lrgate.flows.gates import answer_form, choices, read_answer
 
-from lrgate.review import pending
-from tests.conftest import tiny_config
+from lrgate.core.gate_records import GateRecord
+from lrgate.flows.gates import answer_form
+from lrgate.operations.gate_policy import choices, read_answer
+from lrgate.operations.review import pending
+from tests.conftest import suggestion_record, tiny_config
 
 LRGATE = str(Path(sys.executable).parent / "lrgate")
 MANUAL = "gates:\n  frozen: {policy: manual, timeout: 300}\n  unfrozen: {policy: manual, timeout: 300}\n"
@@ -191,11 +193,10 @@ def test_cli_needs_the_api_url(tmp_path):
 
 def test_an_unreadable_gate_cached_by_an_older_lrgate_fails_with_a_clear_reason(tmp_path):
     # lrgate < 0.3 cached an unreadable range test without the tested range a form needs: no KeyError, a reason.
+    from lrgate.core.config import load_config
+    from lrgate.core.errors import CurveError
+    from lrgate.core.run_dir import open_run
     from lrgate.flows.gates import gate_decision
-
-    from lrgate.config import load_config
-    from lrgate.errors import CurveError
-    from lrgate.run_dir import open_run
 
     config = tiny_config(tmp_path, "gates:\n  frozen: {policy: manual}\n")
     cfg = load_config(config)
@@ -205,15 +206,19 @@ def test_an_unreadable_gate_cached_by_an_older_lrgate_fails_with_a_clear_reason(
         gate_decision(cfg, run, old, cfg.gates.frozen)
 
 
-def gate_record(takes_slice: bool = False, race: bool = True) -> dict:
-    """A gate's record as the lr-suggest stage returns it (only what the form reads)."""
-    suggestion = {
-        "lr": 1e-3,
-        "slice": [1e-4, 1e-3] if takes_slice else None,
-        "tested_range": [1e-7, 0.5],
-        "race": {"candidates": [1e-3, 3e-4, 3e-3], "slice_ratio": 10.0 if takes_slice else None} if race else None,
-    }
-    return {"gate": "unfrozen" if takes_slice else "frozen", "suggestion": suggestion, "takes_slice": takes_slice}
+def gate_record(takes_slice: bool = False, race: bool = True) -> GateRecord:
+    """A gate's record as the lr-suggest stage returns it."""
+    suggestion = suggestion_record(
+        state="unfrozen" if takes_slice else "frozen",
+        lr=1e-3,
+        slice=[1e-4, 1e-3] if takes_slice else None,
+        tested_range=[1e-7, 0.5],
+        race={"candidates": [1e-3, 3e-4, 3e-3], "slice_ratio": 10.0 if takes_slice else None} if race else None,
+    )
+    gate = "unfrozen" if takes_slice else "frozen"
+    return GateRecord.read(
+        {"gate": gate, "suggestion": suggestion.to_json(), "plot": "review.png", "curve_csv": "curve.csv", "seconds": 1}
+    )
 
 
 def test_the_form_offers_the_suggestion_and_the_race_candidates_and_reads_a_typed_lr_in_any_notation():

@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from lrgate.config import GuardConfig, load_config
-from lrgate.guard import guard_problem, last_value, remember
-from lrgate.promotion import promote, should_promote
-from tests.conftest import tiny_config
+from lrgate.core.config import GuardConfig, load_config
+from lrgate.operations.guard import guard_problem, last_value, remember
+from lrgate.operations.promotion import promote, should_promote
+from tests.conftest import suggestion_record, tiny_config
 
 CLEAN = {"lr": 1e-3, "slice": None, "warnings": []}
 GUARD = GuardConfig(lr_range=(1e-5, 1e-1), max_decades_from_last=1.0)
@@ -28,7 +28,7 @@ GUARD = GuardConfig(lr_range=(1e-5, 1e-1), max_decades_from_last=1.0)
     ],
 )
 def test_guard_rules(suggestion, last, problem):
-    got = guard_problem(suggestion, GUARD, last)
+    got = guard_problem(suggestion_record(**suggestion), GUARD, last)
     assert got is None if problem is None else problem in got
 
 
@@ -52,7 +52,7 @@ def test_runs_of_one_config_finishing_together_keep_every_history_entry(tmp_path
     import json
     import multiprocessing
 
-    from lrgate.guard import history_path
+    from lrgate.operations.guard import history_path
 
     config = tiny_config(tmp_path)
     ctx = multiprocessing.get_context("spawn")
@@ -87,8 +87,8 @@ def test_latest_moves_only_to_a_run_that_is_no_worse(tmp_path):
 
 
 def test_the_guard_fails_an_unattended_run_whose_suggestion_is_out_of_range(prefect_api, tmp_path):
-    from lrgate.flows.gates import GuardStop
     from lrgate.flows.pipeline import pipeline
+    from lrgate.operations.gate_policy import GuardStop
 
     guard = "guard: {lr_range: [1.0e-12, 1.0e-11], on_fail: fail}\n"
     with pytest.raises(GuardStop, match="outside the allowed range"):
@@ -97,8 +97,8 @@ def test_the_guard_fails_an_unattended_run_whose_suggestion_is_out_of_range(pref
 
 
 def test_the_guard_stops_an_unattended_gate_whose_curve_cannot_be_read(prefect_api, tmp_path):
-    from lrgate.flows.gates import GuardStop
     from lrgate.flows.pipeline import pipeline
+    from lrgate.operations.gate_policy import GuardStop
 
     guard = "guard: {lr_range: [1.0e-7, 1.0], on_fail: fail}\nsuggest: {noise: 20}\n"  # 41 points needed, 24 recorded
     with pytest.raises(GuardStop, match="gate frozen: the guard stopped the suggestion: the range test cannot be read"):

@@ -10,8 +10,8 @@ from fastai.losses import CrossEntropyLossFlat
 from fastai.vision.learner import vision_learner
 from torchvision.models import resnet18
 
-from lrgate.errors import LearnerStateError
-from lrgate.learner_state import detect_state
+from lrgate.core.errors import LearnerStateError
+from lrgate.training.learner_state import detect_state
 from tests.tiny_learners import single_group_learner, transfer_learner
 
 

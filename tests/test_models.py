@@ -7,11 +7,11 @@ import torch
 from fastai.data.transforms import Normalize
 from torchvision.models import resnet18
 
-from lrgate.config import DataConfig, ModelConfig
-from lrgate.data import build_dataloaders, list_images
-from lrgate.efficientnet_lite0 import INPUT_MEAN, INPUT_STD, WeightsError
-from lrgate.learner_state import detect_state
-from lrgate.models import build_learner
+from lrgate.core.config import DataConfig, ModelConfig
+from lrgate.training.data import build_dataloaders, list_images
+from lrgate.training.efficientnet_lite0 import INPUT_MEAN, INPUT_STD, WeightsError
+from lrgate.training.learner_state import detect_state
+from lrgate.training.models import build_learner
 from tests.conftest import make_image_folder
 
 

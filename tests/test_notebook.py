@@ -6,7 +6,7 @@ import numpy as np
 from PIL import Image
 
 from lrgate.notebook import find_optimal_lr, suggest_for_learner
-from lrgate.range_test import last_range_test, run_range_test
+from lrgate.training.range_test import last_range_test, run_range_test
 from tests.tiny_learners import single_group_learner, transfer_learner
 
 

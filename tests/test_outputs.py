@@ -5,7 +5,7 @@ import stat
 
 import pytest
 
-from lrgate.outputs import write_atomic, write_text
+from lrgate.core.outputs import write_atomic, write_text
 
 
 def test_a_failed_write_leaves_the_earlier_file_untouched(tmp_path):

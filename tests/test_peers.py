@@ -7,9 +7,9 @@ import pytest
 import torch
 from fastai.callback import schedule
 
-from lrgate import peers
-from lrgate.curve_file import read_curve_csv
-from lrgate.suggest import suggest
+from lrgate.core import peers
+from lrgate.core.curve_file import read_curve_csv
+from lrgate.core.suggest import suggest
 from tests.conftest import EXAMPLE_CURVES
 
 CURVES = sorted(EXAMPLE_CURVES.glob("*.csv"))

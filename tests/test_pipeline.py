@@ -10,11 +10,11 @@ import pandas as pd
 import pytest
 from fastai.learner import load_learner
 from fastai.torch_core import even_mults
-from lrgate.flows.pipeline import pipeline
 from PIL import Image
 
-from lrgate.data import DataError
-from lrgate.errors import CurveError
+from lrgate.core.errors import CurveError
+from lrgate.flows.pipeline import pipeline
+from lrgate.training.data import DataError
 from tests.conftest import make_image_folder, tiny_config
 
 

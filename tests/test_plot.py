@@ -4,9 +4,9 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from lrgate.curve_file import read_curve_csv
-from lrgate.plot import review_figure, save_review, save_unread_curve, unread_curve_figure
-from lrgate.suggest import FRAME_COLUMNS, suggest
+from lrgate.core.curve_file import read_curve_csv
+from lrgate.core.plot import review_figure, save_review, save_unread_curve, unread_curve_figure
+from lrgate.core.suggest import FRAME_COLUMNS, suggest
 from tests.conftest import EXAMPLE_CURVES, bowl
 
 X = np.linspace(-7, 1, 120)

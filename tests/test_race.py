@@ -15,7 +15,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from lrgate.notebook import find_optimal_lr, suggest_for_learner
-from lrgate.race import CompressedSchedule, run_trial
+from lrgate.training.race import CompressedSchedule, run_trial
 from tests.tiny_learners import tiny_cnn, transfer_learner
 
 pytestmark = pytest.mark.slow

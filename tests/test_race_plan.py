@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from lrgate.curve_file import read_curve_csv
-from lrgate.race_plan import (
+from lrgate.core.curve_file import read_curve_csv
+from lrgate.core.race_plan import (
     MAX_CANDIDATES,
     MIN_TRIAL_ITERATIONS,
     RaceError,

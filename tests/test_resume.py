@@ -15,12 +15,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from lrgate.core.config import load_config
+from lrgate.core.outputs import file_digest
+from lrgate.core.run_dir import open_run
 from lrgate.tasks.stages import RESULTS_DIR
-
-from lrgate.config import load_config
-from lrgate.outputs import file_digest
-from lrgate.run_dir import open_run
-from lrgate.stages import load_images
+from lrgate.training.stage_functions import load_images
 from tests.conftest import tiny_config
 
 LRGATE = str(Path(sys.executable).parent / "lrgate")

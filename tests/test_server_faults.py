@@ -152,7 +152,7 @@ def shared_server(tmp_path_factory):
     client that has nothing of Prefect's but a home of its own)."""
     import urllib.request
 
-    from lrgate.process_groups import free_port, start_group, stop_groups
+    from tests.local_prefect import free_port, start_group, stop_groups
 
     home = tmp_path_factory.mktemp("shared-server")
     port = free_port()

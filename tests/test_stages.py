@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from lrgate.config import load_config
-from lrgate.run_dir import RunInfo, open_run
-from lrgate.stages import (
+from lrgate.core.config import load_config
+from lrgate.core.run_dir import RunInfo, open_run
+from lrgate.training.stage_functions import (
     DeviceError,
     EpochCheckpoint,
     build_initial,

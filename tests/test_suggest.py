@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lrgate import suggest as core
-from lrgate.errors import CurveError
-from lrgate.suggest import BOWL, BOWL_DIVISOR, FRAME_COLUMNS, INFLECTION, curve_frame, find_upturn
+from lrgate.core import suggest as core
+from lrgate.core.errors import CurveError
+from lrgate.core.suggest import BOWL, BOWL_DIVISOR, FRAME_COLUMNS, INFLECTION, curve_frame, find_upturn
 from tests.conftest import bowl
 
 
@@ -276,7 +276,7 @@ def test_bowl_reads_with_its_own_margin_unless_one_is_given():
 
 def test_bowl_warns_when_the_bottom_sits_at_the_start_of_the_test():
     # A lucky first batch: the smoothed loss is lowest right after the warm-up, then only rises.
-    from lrgate.curve_file import read_curve_csv
+    from lrgate.core.curve_file import read_curve_csv
 
     lrs, losses = read_curve_csv(EFFICACY_CURVES / "photos-lite0-sgd-bs8__s1__frozen.csv")
     s = core.suggest(lrs, losses, "frozen")

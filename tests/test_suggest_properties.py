@@ -6,8 +6,8 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lrgate.errors import CurveError
-from lrgate.suggest import METHODS, STATES, suggest
+from lrgate.core.errors import CurveError
+from lrgate.core.suggest import METHODS, STATES, suggest
 
 finite = st.floats(-1e3, 1e3, allow_nan=False)
 loss_value = st.one_of(finite, finite, finite, st.sampled_from([np.nan, np.inf, -np.inf]))

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
 
-from lrgate.errors import LrgateError
+from lrgate.core.errors import LrgateError
 
 # mkstemp creates files 0600; finished outputs get the usual mode (0666 less the umask), read once.
 _UMASK = os.umask(0)

@@ -1,7 +1,7 @@
 """Range-test curves as CSV files with a header row ``lr,loss`` (extra columns are ignored).
 
 Checked where they enter: a missing file, a missing column, a value that is not a number or an lr that is
-not positive is a :class:`~lrgate.errors.CurveFileError` naming the file, the line and the column. ``nan``
+not positive is a :class:`~lrgate.core.errors.CurveFileError` naming the file, the line and the column. ``nan``
 and ``inf`` losses are accepted (a diverged test records them); the analysis cuts the curve there. A UTF-8
 byte-order mark (as spreadsheet programs write) is read past.
 """
@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lrgate.errors import CurveFileError
-from lrgate.outputs import write_atomic
+from lrgate.core.errors import CurveFileError
+from lrgate.core.outputs import write_atomic
 
 COLUMNS = ("lr", "loss")
 

@@ -18,8 +18,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from lrgate.config import DataConfig
-from lrgate.errors import LrgateError
+from lrgate.core.config import DataConfig
+from lrgate.core.errors import LrgateError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 DEMO_IMAGE_SIZE = 32  # the digits are 8x8; stored larger so that Resize does not have to invent them

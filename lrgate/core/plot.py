@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from lrgate.outputs import write_atomic
-from lrgate.race_plan import Race, lower_is_better
-from lrgate.suggest import Suggestion, warmup_points
+from lrgate.core.outputs import write_atomic
+from lrgate.core.race_plan import Race, lower_is_better
+from lrgate.core.suggest import Suggestion, warmup_points
 
 LOSS_COLOR, GRAD_COLOR = "tab:blue", "tab:orange"
 MIN_COLOR, MAX_COLOR = "red", "green"

@@ -4,10 +4,10 @@ The flow stays one process. The range tests and the gates run in it, between lau
 under fastai's distributed context, and a gate that waits for a person must not hold N processes (or N GPUs).
 Each training stage (train-frozen, fine-tune) is handed to::
 
-    python -m torch.distributed.run --standalone --nproc_per_node N -m lrgate.distributed_train ...
+    python -m torch.distributed.run --standalone --nproc_per_node N -m lrgate.training.distributed_train ...
 
 with the config, the run folder, the input checkpoint and the gate's lr or slice as arguments; every rank trains
-with that one value under ``learn.distrib_ctx`` (:mod:`lrgate.distributed_train`). The launch works in its own
+with that one value under ``learn.distrib_ctx`` (:mod:`lrgate.training.distributed_train`). The launch works in its own
 folder, ``launch-<stage>/`` in the run folder: the config it was given, one ``rank-<r>.json`` per rank (what
 that rank trained with and how it went), ``stderr.log`` and rank 0's checkpoint. Only once every rank has
 exited cleanly is that checkpoint moved to its place under ``checkpoints/``, so a failed launch never leaves a
@@ -32,13 +32,13 @@ from typing import Any
 import psutil
 import torch
 
-from lrgate import parent_death
-from lrgate.config import RunConfig
-from lrgate.errors import LrgateError
-from lrgate.outputs import write_text
-from lrgate.run_dir import RunInfo
+from lrgate.core import parent_death
+from lrgate.core.config import RunConfig
+from lrgate.core.errors import LrgateError
+from lrgate.core.outputs import write_text
+from lrgate.core.run_dir import RunInfo
 
-RANK_MODULE = "lrgate.distributed_train"
+RANK_MODULE = "lrgate.training.distributed_train"
 STAGED_CHECKPOINT = "checkpoint.pth"
 STDERR_TAIL_LINES = 30
 STOP_GRACE_S = 30  # how long an interrupted launch gets to stop its ranks before it is killed
@@ -152,7 +152,7 @@ def _run(command: list[str], stderr_path: Path, log: Log) -> tuple[int, str]:
     stderr's last lines. The launch stays in this process group, so a Ctrl-C or a kill of the group reaches it;
     if this process is interrupted it stops the launch (torchrun stops its ranks; a launch still there after
     ``STOP_GRACE_S`` is killed with every process below it) before going on, and if it is
-    killed outright (SIGKILL, the OOM killer) the kernel sends the launch SIGTERM (:mod:`lrgate.parent_death`).
+    killed outright (SIGKILL, the OOM killer) the kernel sends the launch SIGTERM (:mod:`lrgate.core.parent_death`).
     That signal follows the *thread* that started the launch: call this from one that outlives it (it waits for
     the launch before it returns: the flow's own thread, as the training stages do)."""
     with stderr_path.open("w") as stderr:

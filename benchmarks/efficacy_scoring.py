@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from lrgate.operations.report import markdown_table
+
 GRID_FILE = "grid.csv"
 RANGE_FILE = "range_tests.csv"
 RACE_FILE = "races.csv"  # the race's winner and cost per curve and budget (benchmarks/efficacy.py race)
@@ -95,7 +97,7 @@ class Benchmark:
 
 def load_benchmark(folder: str | Path) -> Benchmark:
     """Read the benchmark's data files (see the module docstring)."""
-    from lrgate.curve_file import read_curve_csv
+    from lrgate.core.curve_file import read_curve_csv
 
     folder = Path(folder)
     grid = grid_frame(pd.read_csv(folder / GRID_FILE))
@@ -191,8 +193,8 @@ def sweep_method(bench: Benchmark, split: str, n_trials: int, seed: int = 0) -> 
 
 
 def lrgate_method(name: str) -> Method:
-    """A method of :data:`lrgate.suggest.METHODS` as lrgate runs it (cutoff, fallbacks; slice -> its upper end)."""
-    from lrgate.suggest import suggest
+    """A method of :data:`lrgate.core.suggest.METHODS` as lrgate runs it (cutoff, fallbacks; slice -> its upper end)."""
+    from lrgate.core.suggest import suggest
 
     def method(lrs: np.ndarray, losses: np.ndarray, stage: str) -> float:
         return suggest(lrs, losses, stage, method=name).lr
@@ -202,7 +204,7 @@ def lrgate_method(name: str) -> Method:
 
 def fastai_method(name: str, num_it: int = 100) -> Method:
     """fastai's own rule as ``lr_find`` applies it: the record's ``[num_it // 10 : -5]``, cut at the first NaN."""
-    from lrgate import peers
+    from lrgate.core import peers
 
     def method(lrs: np.ndarray, losses: np.ndarray, stage: str) -> float:
         lrs, losses = lrs[num_it // 10 : -5], losses[num_it // 10 : -5]
@@ -214,7 +216,7 @@ def fastai_method(name: str, num_it: int = 100) -> Method:
 
 
 def lightning_method(lrs: np.ndarray, losses: np.ndarray, stage: str) -> float:
-    from lrgate import peers
+    from lrgate.core import peers
 
     return peers.lightning(lrs, losses)
 
@@ -226,7 +228,7 @@ def fixed(frozen_lr: float, unfrozen_hi: float) -> Method:
 
 def methods() -> dict[str, Method]:
     """Every method the benchmark scores, by the name its table shows (the fixed lr in hindsight is added later)."""
-    from lrgate.suggest import DEFAULT_METHOD, INFLECTION
+    from lrgate.core.suggest import DEFAULT_METHOD, INFLECTION
 
     return {
         f"lrgate default ({DEFAULT_METHOD})": lrgate_method(DEFAULT_METHOD),
@@ -337,10 +339,12 @@ def format_table(table: pd.DataFrame, split: str) -> str:
         f"Accuracy regret in points against the oracle grid ({split} split: {n} curves per stage, "
         f"{table['task'].nunique()} tasks); lower is better.",
         "",
-        "| method | " + " | ".join(s.columns) + " |",
-        "|---|" + "---:|" * len(s.columns),
+        *markdown_table(
+            ["method", *s.columns],
+            ([name, *(f"{v:.1f}" for v in row)] for name, row in s.iterrows()),
+            "l" + "r" * len(s.columns),
+        ),
     ]
-    lines += [f"| {name} | " + " | ".join(f"{v:.1f}" for v in row) + " |" for name, row in s.iterrows()]
     lines += [
         "",
         "cost: median trainings of the stage beyond the range test (the race's own record; a sweep's "
@@ -361,20 +365,25 @@ def format_costs(bench: Benchmark) -> str:
     CPU seconds; the ratio's range over tasks beside it, since epochs and batch sizes differ by task)."""
     grid = bench.grid.assign(seconds=bench.grid["seconds"].astype(float))
     ranges = bench.ranges.assign(seconds=bench.ranges["seconds"].astype(float))
-    lines = [
-        "| stage | range test (s) | one training (s) | ratio (over tasks) | grid per curve (s) | grid / range test |",
-        "|---|---:|---:|---:|---:|---:|",
-    ]
+    rows = []
     for stage in STAGES:
         rt = ranges[ranges["stage"] == stage].groupby("task")["seconds"].median()
         g = grid[grid["stage"] == stage]
         one = g.groupby("task")["seconds"].median()
         per_curve = g.groupby(["task", "seed"])["seconds"].sum().groupby("task").median()
         ratio = rt / one
-        lines.append(
-            f"| {stage} | {rt.median():.1f} | {one.median():.1f} | {ratio.median():.2f} ({ratio.min():.2f} to "
-            f"{ratio.max():.1f}) | {per_curve.median():.0f} | {(per_curve / rt).median():.0f}x |"
+        rows.append(
+            [
+                stage,
+                f"{rt.median():.1f}",
+                f"{one.median():.1f}",
+                f"{ratio.median():.2f} ({ratio.min():.2f} to {ratio.max():.1f})",
+                f"{per_curve.median():.0f}",
+                f"{(per_curve / rt).median():.0f}x",
+            ]
         )
+    header = ["stage", "range test (s)", "one training (s)", "ratio (over tasks)", "grid per curve (s)"]
+    lines = markdown_table([*header, "grid / range test"], rows, "lrrrrr")
     total = grid["seconds"].sum() + ranges["seconds"].sum()
     lines.append(f"\nThe whole benchmark: {len(grid)} trainings and {len(ranges)} range tests, {total / 60:.0f} min.")
     return "\n".join(lines)
@@ -384,7 +393,7 @@ def regret_plot(table: pd.DataFrame, path: str | Path, title: str = "") -> Path:
     """Mean (bar) and worst (marker) regret per method, one panel per stage; written atomically as PNG."""
     from matplotlib.figure import Figure
 
-    from lrgate.outputs import write_atomic
+    from lrgate.core.outputs import write_atomic
 
     s = summary(table)
     fig = Figure(figsize=(10, 0.45 * len(s) + 1.6), layout="constrained")
@@ -410,7 +419,7 @@ def cost_plot(table: pd.DataFrame, path: str | Path, grid_size: dict[str, int], 
     atomically as PNG."""
     from matplotlib.figure import Figure
 
-    from lrgate.outputs import write_atomic
+    from lrgate.core.outputs import write_atomic
 
     s = summary(table)
     fig = Figure(figsize=(12, 5), layout="constrained")

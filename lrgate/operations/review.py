@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from typing import Any
 from uuid import UUID
 
-from lrgate.errors import LrgateError
+from lrgate.core.errors import LrgateError
 
 FLOW_NAME = "lrgate-pipeline"
 GATES = ("unfrozen", "frozen")  # gate 2 first: once it waits, gate 1 is behind the run

@@ -18,7 +18,7 @@ That is the method ``inflection``. lrgate's default, ``bowl``, is what the effic
 rules) are selectable by name too.
 
 When a rule has nothing to read, a documented fallback is used and a plain-language warning says so;
-a curve that cannot be read at all raises :class:`~lrgate.errors.CurveError`.
+a curve that cannot be read at all raises :class:`~lrgate.core.errors.CurveError`.
 """
 
 from __future__ import annotations
@@ -33,10 +33,10 @@ import numpy as np
 import pandas as pd
 from scipy.signal import argrelextrema
 
-from lrgate.errors import CurveError, ShortCurveError
+from lrgate.core.errors import CurveError, ShortCurveError
 
 if TYPE_CHECKING:
-    from lrgate.race_plan import Race
+    from lrgate.core.race_plan import Race
 
 State = Literal["frozen", "freeze_to", "unfrozen"]
 STATES: tuple[State, ...] = ("frozen", "freeze_to", "unfrozen")
@@ -105,7 +105,8 @@ class Suggestion:
     ``lr`` is the learning rate to train with when ``slice`` is None, else the slice's upper end.
     ``gradient_choices`` and ``loss_choices`` are the best valid inflection points of each curve,
     right to left (at most three each). ``warnings`` says in plain words which rule had to fall back.
-    After a race (:mod:`lrgate.race`), ``lr`` and ``slice`` are the race's winner and ``race`` holds its record,
+    After a race (:mod:`lrgate.training.race`),
+    ``lr`` and ``slice`` are the race's winner and ``race`` holds its record,
     with ``method``'s own pick among its ``rule_picks``.
     """
 
@@ -302,7 +303,7 @@ def read_curve(
     lrs, losses : sequence of float
         The range test, as fastai's Recorder holds it (``learn.recorder.lrs`` / ``.losses``).
     state : {"frozen", "freeze_to", "unfrozen"}
-        Which parameter groups train (see :func:`lrgate.learner_state.detect_state`).
+        Which parameter groups train (see :func:`lrgate.training.learner_state.detect_state`).
     noise : int
         ``order`` of ``argrelextrema``: an extremum must beat ``noise`` points on each side.
     margin : float
@@ -397,25 +398,25 @@ def _no_room(reading: CurveReading) -> CurveError:
     )
 
 
-def wants_slice(state: str, n_groups: int | None = None) -> bool:
+def takes_slice(state: str, n_groups: int | None = None) -> bool:
     """Whether the stage after a range test in ``state`` trains with a slice: after unfreeze or freeze_to, unless
     the model has a single parameter group (then one lr)."""
     return state != "frozen" and n_groups != 1
 
 
-def inflection_rule(reading: CurveReading, want_slice: bool) -> tuple[float, tuple[float, float] | None, list[str]]:
+def inflection_rule(reading: CurveReading, takes_slice: bool) -> tuple[float, tuple[float, float] | None, list[str]]:
     """The post's rule (the rightmost valid gradient minimum, or a slice from the two rightmost), with a warning
     when the choice is a noise-sized wiggle (:func:`shallow_choice`)."""
-    lr, slice_, warnings = _rightmost_gradient_minima(reading, want_slice)
+    lr, slice_, warnings = _rightmost_gradient_minima(reading, takes_slice)
     shallow = shallow_choice(reading, lr)
     return lr, slice_, warnings + ([shallow] if shallow else [])
 
 
 def _rightmost_gradient_minima(
-    reading: CurveReading, want_slice: bool
+    reading: CurveReading, takes_slice: bool
 ) -> tuple[float, tuple[float, float] | None, list[str]]:
     lrs, grads, warnings = reading.lrs, reading.gradient_candidates, []
-    if not want_slice:
+    if not takes_slice:
         if grads:
             return float(lrs[grads[0]]), None, warnings
         lr, why = _fallback_lr(reading)
@@ -432,11 +433,11 @@ def _rightmost_gradient_minima(
 
 
 def _peer_rule(name: str) -> Rule:
-    """A peer's one-lr rule (see :mod:`lrgate.peers`) under lrgate's contract: capped at the cutoff, with a warning
+    """A peer's one-lr rule (see :mod:`lrgate.core.peers`) under lrgate's contract: capped at the cutoff, with a warning
     when capped, and ``slice(lr / 10, lr)`` where a slice is wanted."""
-    from lrgate import peers
+    from lrgate.core import peers
 
-    def rule(reading: CurveReading, want_slice: bool) -> tuple[float, tuple[float, float] | None, list[str]]:
+    def rule(reading: CurveReading, takes_slice: bool) -> tuple[float, tuple[float, float] | None, list[str]]:
         lrs, losses = reading.lrs, reading.frame["loss"].to_numpy()
         if name in peers.FASTAI:
             window = peers.fastai_window(lrs, losses)
@@ -459,7 +460,7 @@ def _peer_rule(name: str) -> Rule:
                 f"{name} picked {lr:.2e}, outside the tested range below the cutoff: capped at {capped:.2e}"
             )
             lr = capped
-        if not want_slice:
+        if not takes_slice:
             return lr, None, warnings
         return lr, (max(lr / SLICE_RATIO, float(lrs[0])), lr), warnings
 
@@ -467,20 +468,20 @@ def _peer_rule(name: str) -> Rule:
     return rule
 
 
-def bowl_rule(reading: CurveReading, want_slice: bool) -> tuple[float, tuple[float, float] | None, list[str]]:
+def bowl_rule(reading: CurveReading, takes_slice: bool) -> tuple[float, tuple[float, float] | None, list[str]]:
     """lrgate's default. Frozen: the bottom of the smoothed loss's bowl / ``BOWL_DIVISOR``. After ``unfreeze``
     or ``freeze_to`` the curve is often flat or rises from its start (the bowl has no bottom to read), and the
     post's slice did best there."""
     lrs = reading.lrs
     if reading.state != "frozen":
         if reading.cutoff_lr >= lrs[0]:
-            return inflection_rule(reading, want_slice)
+            return inflection_rule(reading, takes_slice)
         # The loss rises from the start (a model the frozen stage already fitted well): change it as little as
         # the test allows and say so, rather than fail the run (the guard escalates a warning to a person).
         lo = float(lrs[0])
         return (
             lo,
-            (lo, lo) if want_slice else None,
+            (lo, lo) if takes_slice else None,
             [
                 f"the loss turns up at {lrs[reading.upturn]:.2e}, within {reading.margin:g} decade(s) of the start "
                 f"of the test: nothing to read below it; used the smallest lr tested, {lo:.2e} (a fine-tune that "
@@ -587,8 +588,7 @@ def suggest(
     if margin is None:
         margin = default_margin(method, state)
     reading = read_curve(lrs, losses, state, noise=noise, margin=margin)
-    want_slice = wants_slice(state, n_groups)
-    lr, slice_, rule_warnings = METHODS[method](reading, want_slice)
+    lr, slice_, rule_warnings = METHODS[method](reading, takes_slice(state, n_groups))
     tested = (float(reading.lrs[0]), float(reading.lrs[-1]))
     if slice_ is not None:
         assert tested[0] <= slice_[0] <= slice_[1] == lr, "a rule broke the slice contract"

@@ -23,8 +23,14 @@ from fastai.vision.core import imagenet_stats
 from fastai.vision.learner import create_body, create_head, model_meta, vision_learner
 from torch import nn
 
-from lrgate.config import EFFICIENTNET_LITE0, ModelConfig
-from lrgate.efficientnet_lite0 import INPUT_MEAN, INPUT_STD, EfficientNetLite0, WeightsError, load_efficientnet_lite0
+from lrgate.core.config import EFFICIENTNET_LITE0, ModelConfig
+from lrgate.training.efficientnet_lite0 import (
+    INPUT_MEAN,
+    INPUT_STD,
+    EfficientNetLite0,
+    WeightsError,
+    load_efficientnet_lite0,
+)
 
 LITE0_FEATURES = 1280
 

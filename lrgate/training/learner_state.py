@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 from fastai.learner import Learner
 
-from lrgate.errors import LearnerStateError
-from lrgate.suggest import State
+from lrgate.core.errors import LearnerStateError
+from lrgate.core.suggest import State
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from lrgate.report import format_value
+from lrgate.core.gate_records import Decision, format_value
+from lrgate.operations.report import markdown_table
 
 GATES = ((1, "frozen"), (2, "unfrozen"))
 COLUMNS = {
@@ -45,13 +46,14 @@ def member_row(config: str, run: str, state: str, message: str, run_dir: Path) -
     row: dict[str, Any] = {key: "-" for key in COLUMNS}
     row.update(config=config, run=run, state=state, accuracy=None, run_dir=str(run_dir), message=message or "-")
     for n, gate in GATES:
-        decision = _read_json(run_dir / f"gate-{gate}" / "decision.json")
-        if decision is not None:
-            suggested = decision.get("suggested") or {}
-            if suggested:
-                row[f"gate_{n}_suggested"] = format_value(suggested["slice"] or suggested["lr"])
-            row[f"gate_{n}"] = f"{format_value(decision['value'])} ({decision['source']})"
-            row[f"gate_{n}_by"] = f"{decision['action']} by {decision['reviewer']}"
+        path = run_dir / f"gate-{gate}" / "decision.json"
+        saved = _read_json(path)
+        if saved is not None:
+            decision = Decision.read(saved, str(path))
+            if decision.suggested is not None:
+                row[f"gate_{n}_suggested"] = format_value(decision.suggested.value)
+            row[f"gate_{n}"] = f"{format_value(decision.value)} ({decision.source})"
+            row[f"gate_{n}_by"] = f"{decision.action} by {decision.reviewer}"
         plot = run_dir / f"gate-{gate}" / "review.png"
         if plot.is_file():
             row[f"gate_{n}_plot"] = str(plot)
@@ -84,7 +86,7 @@ def _cell(key: str, value: Any, folder: Path) -> str:
         return "-"
     if key.endswith("_plot") and value != "-":
         return f"[plot]({os.path.relpath(value, folder)})"
-    return str(value).replace("|", "\\|").replace("\n", " ")
+    return str(value)
 
 
 def render_fleet_report(name: str, fleet_file: Path, run_id: str, rows: list[dict[str, Any]], folder: Path) -> str:
@@ -95,8 +97,6 @@ def render_fleet_report(name: str, fleet_file: Path, run_id: str, rows: list[dic
         f"- fleet file: `{fleet_file}`",
         f"- fleet run: `{run_id}`",
         "",
-        "| " + " | ".join(COLUMNS.values()) + " |",
-        "|" + "---|" * len(COLUMNS),
+        *markdown_table(list(COLUMNS.values()), ([_cell(k, r[k], folder) for k in COLUMNS] for r in rows)),
     ]
-    lines += ["| " + " | ".join(_cell(k, r[k], folder) for k in COLUMNS) + " |" for r in rows]
     return "\n".join(lines) + "\n"

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lrgate.errors import LrgateError
+from lrgate.core.errors import LrgateError
 
 # Input normalisation of pixel values in [0, 1]. TF's EfficientNet-Lite (which these weights come from) maps pixels
 # to about [-1, 1] with mean 127 / std 128 on the 0-255 scale ("inception style", for int8 quantisation); 0.5 / 0.5

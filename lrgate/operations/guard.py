@@ -11,17 +11,17 @@ import fcntl
 import json
 import math
 from pathlib import Path
-from typing import Any
 
-from lrgate.config import GuardConfig, RunConfig
-from lrgate.outputs import write_text
+from lrgate.core.config import GuardConfig, RunConfig
+from lrgate.core.gate_records import SuggestionRecord, Value
+from lrgate.core.outputs import write_text
 
 
 def history_path(cfg: RunConfig) -> Path:
     return cfg.output_dir / f"{cfg.name}.history.json"
 
 
-def last_value(cfg: RunConfig, gate: str) -> float | list[float] | None:
+def last_value(cfg: RunConfig, gate: str) -> Value | None:
     """The last value that went on at ``gate`` for this config (approved, overridden or passed by the guard)."""
     path = history_path(cfg)
     if not path.exists():
@@ -30,7 +30,7 @@ def last_value(cfg: RunConfig, gate: str) -> float | list[float] | None:
     return entries[-1]["value"] if entries else None
 
 
-def remember(cfg: RunConfig, gate: str, value: float | list[float], run_id: str, at: str) -> None:
+def remember(cfg: RunConfig, gate: str, value: Value, run_id: str, at: str) -> None:
     """Append a value that went on at ``gate`` to the config's history (atomically, and under a file lock: runs of
     one config that finish together, in a fleet, each keep their entry)."""
     path = history_path(cfg)
@@ -42,16 +42,16 @@ def remember(cfg: RunConfig, gate: str, value: float | list[float], run_id: str,
         write_text(path, json.dumps(history, indent=2))
 
 
-def _top(value: float | list[float]) -> float:
+def _top(value: Value) -> float:
     """The lr a value trains its last group with: the lr, or a slice's upper end."""
     return value[1] if isinstance(value, list) else value
 
 
-def guard_problem(suggestion: dict[str, Any], guard: GuardConfig, last: float | list[float] | None) -> str | None:
-    """Why the guard stops ``suggestion`` (a ``lrgate suggest --json`` object), or None when it may go on."""
-    if suggestion["warnings"]:
-        return f"the suggestion raised {len(suggestion['warnings'])} warning(s): {suggestion['warnings'][0]}"
-    value = suggestion["slice"] or suggestion["lr"]
+def guard_problem(suggestion: SuggestionRecord, guard: GuardConfig, last: Value | None) -> str | None:
+    """Why the guard stops ``suggestion``, or None when it may go on."""
+    if suggestion.warnings:
+        return f"the suggestion raised {len(suggestion.warnings)} warning(s): {suggestion.warnings[0]}"
+    value = suggestion.value
     lo, hi = guard.lr_range
     ends = value if isinstance(value, list) else [value]
     outside = [v for v in ends if not lo <= v <= hi]

@@ -11,8 +11,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from lrgate.config import RunConfig
-from lrgate.outputs import write_text
+from lrgate.core.config import RunConfig
+from lrgate.core.outputs import write_text
 
 
 def latest_path(cfg: RunConfig) -> Path:

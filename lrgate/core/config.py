@@ -15,8 +15,8 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from lrgate.errors import LrgateError
-from lrgate.suggest import DEFAULT_METHOD, DEFAULT_NOISE, METHODS
+from lrgate.core.errors import LrgateError
+from lrgate.core.suggest import DEFAULT_METHOD, DEFAULT_NOISE, METHODS
 
 EFFICIENTNET_LITE0 = "efficientnet_lite0"
 PositiveLr = Annotated[float, Field(gt=0, allow_inf_nan=False)]
@@ -177,7 +177,8 @@ class GuardConfig(Strict):
 
 
 class RaceConfig(Strict):
-    """The race after each range test (:mod:`lrgate.race`): candidate lrs around the curve rules' picks, trained
+    """The race after each range test (:mod:`lrgate.training.race`):
+    candidate lrs around the curve rules' picks, trained
     in short trials of the stage's own ``fit_one_cycle`` and kept by successive halving. ``race: off`` reads
     the curve alone (``suggest.method``)."""
 

@@ -1,10 +1,11 @@
-"""One rank of a distributed training stage: what ``torchrun`` runs N times (see :mod:`lrgate.distributed`).
+"""One rank of a distributed training stage: what ``torchrun`` runs N times (see :mod:`lrgate.training.distributed`).
 
-    python -m torch.distributed.run --standalone --nproc_per_node 2 -m lrgate.distributed_train \\
+    python -m torch.distributed.run --standalone --nproc_per_node 2 -m lrgate.training.distributed_train \\
         --config launch-train-frozen/config.json --run-dir RUN --stage train-frozen \\
         --checkpoint RUN/checkpoints/0-initial.pth --lr 0.01 --backend gloo --out RUN/launch-train-frozen
 
-Each rank builds the Learner from the checkpoint (:func:`lrgate.stages.make_learner`), joins the process group
+Each rank builds the Learner from the checkpoint (:func:`lrgate.training.stage_functions.make_learner`),
+joins the process group
 and runs the stage's ``fit_one_cycle`` under ``learn.distrib_ctx`` with the value it was given, then writes
 ``rank-<r>.json`` (what it trained with and how it went). Rank 0 alone prints progress and saves the weights
 (``checkpoint.pth`` in ``--out``); the launcher moves them into place once every rank has finished.
@@ -23,12 +24,12 @@ from fastai.distributed import DistributedDL
 from fastai.torch_core import num_distrib, rank_distrib
 from torch.distributed.elastic.multiprocessing.errors import record
 
-from lrgate import parent_death
-from lrgate.config import RunConfig
-from lrgate.distributed import STAGED_CHECKPOINT
-from lrgate.outputs import write_text
-from lrgate.run_dir import RUN_FILE, RunInfo
-from lrgate.stages import fit, make_learner, resolve_device, save_checkpoint
+from lrgate.core import parent_death
+from lrgate.core.config import RunConfig
+from lrgate.core.outputs import write_text
+from lrgate.core.run_dir import RUN_FILE, RunInfo
+from lrgate.training.distributed import STAGED_CHECKPOINT
+from lrgate.training.stage_functions import fit, make_learner, resolve_device, save_checkpoint
 
 
 def _broadcast_on_cpu(self: DistributedDL, t: list[int], rank: int) -> list[int]:
@@ -47,8 +48,8 @@ def keep_broadcast_on_cpu() -> None:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """The launcher's arguments (:func:`lrgate.distributed.launch_training` writes them)."""
-    p = argparse.ArgumentParser(prog="python -m lrgate.distributed_train", description=__doc__.splitlines()[0])
+    """The launcher's arguments (:func:`lrgate.training.distributed.launch_training` writes them)."""
+    p = argparse.ArgumentParser(prog="python -m lrgate.training.distributed_train", description=__doc__.splitlines()[0])
     p.add_argument("--config", type=Path, required=True, help="the run's config as JSON (RunConfig)")
     p.add_argument("--run-dir", type=Path, required=True)
     p.add_argument("--stage", choices=("train-frozen", "fine-tune"), required=True)

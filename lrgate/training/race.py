@@ -1,5 +1,5 @@
 """Run the race on a fastai Learner: short ``fit_one_cycle`` trials of candidate lrs, from one start, kept by
-successive halving (the plan and the record: :mod:`lrgate.race_plan`).
+successive halving (the plan and the record: :mod:`lrgate.core.race_plan`).
 
 Every trial starts from the same weights, optimizer state, random state and batch order (a
 :class:`LearnerSnapshot` taken before the first trial), trains the stage's own schedule compressed to its length
@@ -26,7 +26,7 @@ from fastai.callback.core import Callback, CancelTrainException
 from fastai.learner import Learner
 from fastcore.foundation import L
 
-from lrgate.race_plan import (
+from lrgate.core.race_plan import (
     Race,
     Trial,
     affordable,
@@ -38,7 +38,7 @@ from lrgate.race_plan import (
     standard_error,
     survivors,
 )
-from lrgate.suggest import SLICE_RATIO, Suggestion
+from lrgate.core.suggest import SLICE_RATIO, Suggestion
 
 Log = Callable[[str], None]
 

@@ -17,9 +17,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from lrgate.config import RunConfig
-from lrgate.errors import LrgateError
-from lrgate.outputs import file_digest, write_text, writing
+from lrgate.core.config import RunConfig
+from lrgate.core.errors import LrgateError
+from lrgate.core.outputs import file_digest, write_text, writing
 
 RUN_FILE = "run.json"
 

@@ -4,7 +4,7 @@ A range test reads the curve; the curve cannot say how long the stage trains, an
 task to the next (README, "Efficacy"). The race adds evidence at a cost the caller sets: a handful of candidate lrs
 spanning where the curve rules disagree, each trained from the same start with the stage's own schedule
 (``fit_one_cycle``) compressed to a budget, kept by successive halving. This module knows neither fastai nor
-Prefect: :mod:`lrgate.race` runs the trials.
+Prefect: :mod:`lrgate.training.race` runs the trials.
 
 Successive halving here restarts each rung from the same weights with a longer compressed schedule (a one-cycle
 schedule cut short is not a shorter one-cycle schedule), rung ``k`` training ``ETA**k`` times as long as rung 0 and
@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from lrgate.errors import CurveError, LrgateError
-from lrgate.suggest import suggest
+from lrgate.core.errors import CurveError, LrgateError
+from lrgate.core.suggest import suggest
 
 ETA = 3  # each rung keeps the best third (rounded up), and trains them three times as long
 STEP_DECADES = 0.5  # candidates lie half a decade apart (1e-3, 3.2e-3, ...: the benchmark grid's spacing)...

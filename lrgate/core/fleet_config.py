@@ -26,7 +26,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from lrgate.config import ConfigError, RunConfig, describe_validation_error, load_config, read_yaml_mapping
+from lrgate.core.config import ConfigError, RunConfig, describe_validation_error, load_config, read_yaml_mapping
 
 DEFAULT_DEPLOYMENT = "lrgate-pipeline/fleet-member"
 

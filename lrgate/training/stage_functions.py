@@ -27,20 +27,21 @@ from fastai.callback.schedule import LRFinder
 from fastai.learner import Learner, load_model, save_model
 from fastai.torch_core import num_distrib, set_seed
 
-from lrgate.config import RunConfig
-from lrgate.curve_file import write_curve_csv
-from lrgate.data import ImageSet, build_dataloaders, list_images
-from lrgate.distributed import launch_training
-from lrgate.errors import CurveError, LrgateError, ShortCurveError
-from lrgate.learner_state import detect_state
-from lrgate.models import build_learner
-from lrgate.notebook import suggest_for_learner
-from lrgate.outputs import file_digest, write_atomic, write_text
-from lrgate.plot import save_review, save_unread_curve
-from lrgate.race import CompressedSchedule, race_suggestion
-from lrgate.range_test import recorded_curve
-from lrgate.run_dir import RunInfo
-from lrgate.suggest import format_choices, wants_slice
+from lrgate.core.config import RunConfig
+from lrgate.core.curve_file import write_curve_csv
+from lrgate.core.errors import CurveError, LrgateError, ShortCurveError
+from lrgate.core.gate_records import GateRecord, SuggestionRecord
+from lrgate.core.outputs import file_digest, write_atomic, write_text
+from lrgate.core.plot import save_review, save_unread_curve
+from lrgate.core.run_dir import RunInfo
+from lrgate.core.suggest import format_choices, takes_slice
+from lrgate.training.data import ImageSet, build_dataloaders, list_images
+from lrgate.training.distributed import launch_training
+from lrgate.training.learner_state import detect_state
+from lrgate.training.learner_suggestion import suggest_for_learner
+from lrgate.training.models import build_learner
+from lrgate.training.race import CompressedSchedule, race_suggestion
+from lrgate.training.range_test import recorded_curve
 
 
 class DeviceError(LrgateError):
@@ -288,7 +289,7 @@ def build_initial(cfg: RunConfig, run: RunInfo, log: Log = print) -> dict[str, A
     }
 
 
-def range_test(cfg: RunConfig, run: RunInfo, checkpoint: str, gate: str, log: Log = print) -> dict[str, Any]:
+def range_test(cfg: RunConfig, run: RunInfo, checkpoint: str, gate: str, log: Log = print) -> GateRecord:
     """Run ``lr_find`` on the checkpoint's Learner and write the gate's curve, review plot, data and suggestion."""
     learn = make_learner(cfg, run, checkpoint, log=log)
     log(
@@ -341,35 +342,33 @@ def range_test(cfg: RunConfig, run: RunInfo, checkpoint: str, gate: str, log: Lo
     out = _gate_dir(run, gate)
     lrs, losses = recorded_curve(learn)
     curve = write_curve_csv(out / "curve.csv", lrs, losses)
+    state = detect_state(learn)
+    common = {"gate": gate, "state": state.state, "curve_csv": str(curve), "seconds": seconds}
     if s is None:
         # No suggestion, but the gate keeps its graph, and a person can still decide (override or reject) with
         # the tested range and the kind of value (lr or slice) the next stage trains with.
-        state = detect_state(learn)
-        tested = [float(lrs[0]), float(lrs[-1])] if len(lrs) else [cfg.lr_find.start_lr, cfg.lr_find.end_lr]
+        tested = (float(lrs[0]), float(lrs[-1])) if len(lrs) else (cfg.lr_find.start_lr, cfg.lr_find.end_lr)
         title = f"{state.state}: the range test cannot be read: {error}"
-        return {
-            "gate": gate,
-            "suggestion": None,
-            "error": error,
-            "state": state.state,
-            "takes_slice": wants_slice(state.state, state.n_groups),
-            "tested_range": tested,
-            "plot": str(save_unread_curve(lrs, losses, out / "review.png", title)),
-            "curve_csv": str(curve),
-            "seconds": seconds,
-        }
+        return GateRecord(
+            **common,
+            suggestion=None,
+            error=error,
+            takes_slice=takes_slice(state.state, state.n_groups),
+            tested_range=tested,
+            plot=str(save_unread_curve(lrs, losses, out / "review.png", title)),
+        )
     plot, frame = save_review(s, out / "review.png")
     suggestion = s.to_dict()
     write_text(out / "suggestion.json", json.dumps(suggestion, indent=2))
-    return {
-        "gate": gate,
-        "suggestion": suggestion,
-        "choices": format_choices(s, race=False),
-        "plot": str(plot),
-        "frame_csv": str(frame),
-        "curve_csv": str(curve),
-        "seconds": seconds,
-    }
+    return GateRecord(
+        **common,
+        suggestion=SuggestionRecord.read(suggestion),
+        takes_slice=s.slice is not None,
+        tested_range=s.tested_range,
+        choices=format_choices(s, race=False),
+        plot=str(plot),
+        frame_csv=str(frame),
+    )
 
 
 def as_lr(value: float | list[float]) -> float | slice:
@@ -394,7 +393,8 @@ def train(
     mismatching or corrupt epoch file is ignored, said with ``warn`` (default ``log``).
 
     With ``distributed.processes`` above 1 the fit runs as a ``torchrun`` launch of that many ranks
-    (:mod:`lrgate.distributed`), every rank with this ``value``; the checkpoint and metrics are rank 0's. No epoch
+    (:mod:`lrgate.training.distributed`),
+    every rank with this ``value``; the checkpoint and metrics are rank 0's. No epoch
     is saved there: a killed distributed stage trains again from epoch 1.
     """
     out = run.path(f"checkpoints/{'1-frozen' if stage == 'train-frozen' else '3-fine-tuned'}.pth")

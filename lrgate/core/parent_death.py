@@ -1,6 +1,6 @@
 """Start a command that ends when the process that started it dies, even by SIGKILL (Linux).
 
-    python -m lrgate.parent_death PARENT_PID -- COMMAND [ARG ...]
+    python -m lrgate.core.parent_death PARENT_PID -- COMMAND [ARG ...]
 
 asks the kernel to send this process SIGTERM when its parent dies (``prctl(PR_SET_PDEATHSIG)``), then becomes
 COMMAND (``exec``: same process, so the request holds for COMMAND). A flow run that is killed outright therefore
@@ -10,7 +10,7 @@ systems the command is started as it is.
 
 The request is made here, after the fork, rather than in ``subprocess.Popen(preexec_fn=...)``, which is unsafe in a
 process with threads (the Prefect engine has several). Each rank makes it too (:func:`arm`, in
-:mod:`lrgate.distributed_train`): torchrun starts its ranks in sessions of their own, so if torchrun itself is
+:mod:`lrgate.training.distributed_train`): torchrun starts its ranks in sessions of their own, so if torchrun itself is
 killed outright nothing else would stop them.
 """
 
@@ -26,7 +26,7 @@ PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 def command(parent_pid: int, args: list[str]) -> list[str]:
     """``args`` wrapped so that it ends with ``parent_pid``."""
-    return [sys.executable, "-m", "lrgate.parent_death", str(parent_pid), "--", *args]
+    return [sys.executable, "-m", "lrgate.core.parent_death", str(parent_pid), "--", *args]
 
 
 def arm(parent_pid: int) -> bool:
@@ -42,10 +42,10 @@ def arm(parent_pid: int) -> bool:
 
 def main(argv: list[str]) -> None:
     if len(argv) < 3 or argv[1] != "--" or not argv[0].isdigit():
-        raise SystemExit("usage: python -m lrgate.parent_death PARENT_PID -- COMMAND [ARG ...]")
+        raise SystemExit("usage: python -m lrgate.core.parent_death PARENT_PID -- COMMAND [ARG ...]")
     parent, args = int(argv[0]), argv[2:]
     if not arm(parent):
-        raise SystemExit(f"lrgate.parent_death: parent {parent} is gone; not starting {args[0]}")
+        raise SystemExit(f"lrgate.core.parent_death: parent {parent} is gone; not starting {args[0]}")
     os.execvp(args[0], args)
 
 

@@ -1,0 +1,1 @@
+"""Benchmarks: scripts outside the test suite, run from the checkout as ``python -m benchmarks.NAME``."""
