@@ -19,6 +19,8 @@ _EXPORTS = {
     "detect_state": "lrgate.training.learner_state",
     "find_optimal_lr": "lrgate.notebook",
     "suggest_for_learner": "lrgate.notebook",
+    "GateRecord": "lrgate.core.gate_records",
+    "Decision": "lrgate.core.gate_records",
     "CurveError": "lrgate.core.errors",
     "LrgateError": "lrgate.core.errors",
 }

@@ -7,16 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.slow
 def test_the_load_benchmark_runs_its_queued_runs_and_prints_its_figures(prefect_api, tmp_path):
     # The benchmark's own bar is 1 s, a figure its full run reports. A test is no place for a timing claim (here the
     # whole suite shares 2 cores with the server): this one only catches a server that stops answering.
-    args = [sys.executable, "benchmarks/load.py", "--runs", "3", "--api-url", prefect_api, "--out", str(tmp_path)]
+    args = [sys.executable, "-m", "benchmarks.load", "--runs", "3", "--api-url", prefect_api, "--out", str(tmp_path)]
     args += ["--latency-limit", "10"]
     out = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=480)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
