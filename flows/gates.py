@@ -5,7 +5,8 @@ choices from a pick list, or a typed lr or slice) or reject with a reason, and a
 description carries the suggestion, the choices table and the review plot (embedded as a PNG data URI), so the
 Prefect UI shows everything on one page. The server checks what the form's schema says (a choice from the list,
 a typed value that reads as a number); the rest (inside the tested lr range, lo <= hi, a reason to reject) is
-checked here, and the gate waits again with the reason shown.
+checked by the gate policy (:func:`lrgate.operations.gate_policy.read_answer`), and the gate waits again with the
+reason shown.
 
 A deployed run suspends (its process and GPU are freed; on resume the flow re-runs and finished stages come
 back cached); a local run pauses in place, having released its GPU memory first. Each decision is written to
@@ -35,7 +36,7 @@ from lrgate.core.config import GateConfig, RunConfig
 from lrgate.core.gate_records import Decision, GateRecord
 from lrgate.core.outputs import write_text
 from lrgate.core.run_dir import RunInfo
-from lrgate.operations.gate_policy import Review, answered, choices, decide, escalated, on_timeout
+from lrgate.operations.gate_policy import GuardStop, Review, answered, choices, decide, escalated, on_timeout
 from lrgate.operations.guard import last_value, remember
 from lrgate.operations.report import decision_markdown, gate_markdown
 from lrgate.tasks.stages import artifact_key
@@ -207,12 +208,16 @@ def gate_decision(cfg: RunConfig, run: RunInfo, record: GateRecord | dict[str, A
     saved = run.path(f"gate-{name}/decision.json")
     if saved.exists():
         return Decision.read(json.loads(saved.read_text()), str(saved))
-    step = decide(record, gate, cfg.guard, last_value(cfg, name))
+    logger = get_run_logger()
+    stopped = "gate %s: the guard stops the suggestion: %s (%s)"
+    try:
+        step = decide(record, gate, cfg.guard, last_value(cfg, name))
+    except GuardStop as e:
+        logger.warning(stopped, name, e.problem, cfg.guard.on_fail)
+        raise
     if isinstance(step, Review):
         if step.guard:
-            get_run_logger().warning(
-                "gate %s: the guard stops the suggestion: %s (%s)", name, step.guard, cfg.guard.on_fail
-            )
+            logger.warning(stopped, name, step.guard, cfg.guard.on_fail)
         decision = escalated(wait_for_review(cfg, run, record, gate, step), step)
     else:
         decision = step

@@ -103,10 +103,7 @@ def pipeline(config: str, out: str | None = None) -> dict[str, Any]:
             "resumed": resumed,
             "outcome": outcome,
             "decisions": {record.gate: decision.to_json() for record, decision in gates},
-            "range_tests": {
-                record.gate: record.to_json(include={"plot", "curve_csv", "frame_csv", "gpu_slot"})
-                for record, _ in gates
-            },
+            "range_tests": {record.gate: record.to_json(include=RANGE_TEST_FILES) for record, _ in gates},
             "metrics": {t["stage"]: t for t in trainings},
             "model": model["model"] if model else None,
             "report": str(run.path("report.md")),

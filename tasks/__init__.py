@@ -1,4 +1,4 @@
 """Prefect tasks of lrgate (installed as ``lrgate.tasks``): thin wrappers over fastai operations.
 
-Each task wraps a plain function that a notebook can call too (see ``lrgate.notebook``).
+Each task wraps a plain function that a notebook can call too (:mod:`lrgate.training.stage_functions`).
 """

@@ -46,7 +46,9 @@ class _Record(BaseModel):
     @classmethod
     def _known_version(cls, data: Any) -> Any:
         version = data.get("schema_version") if isinstance(data, dict) else None
-        if isinstance(version, int) and version > SCHEMA_VERSION:
+        if version is not None and not (isinstance(version, int) and not isinstance(version, bool)):
+            raise ValueError(f"schema_version {version!r} is not a whole number")
+        if version is not None and version > SCHEMA_VERSION:
             raise ValueError(f"schema_version {version} is newer than this lrgate reads ({SCHEMA_VERSION})")
         return data
 
@@ -164,7 +166,7 @@ Action = Literal["approve", "override", "reject"]
 
 class Decision(_Record):
     """What a gate decided. ``value`` is what the next stage trains with (None: rejected); ``source`` says where it
-    came from (suggestion, override, pinned lr, pinned slice, reject, fail); ``suggested`` is the range test's
+    came from (suggestion, override, pinned lr, pinned slice, reject); ``suggested`` is the range test's
     suggestion as the decision saw it; ``guard`` the guard's reason when it escalated an ``auto`` gate."""
 
     gate: str
@@ -177,6 +179,13 @@ class Decision(_Record):
     value: Value | None
     suggested: SuggestionRecord | None
     guard: str | None = None
+
+    @model_serializer(mode="wrap")
+    def _guard_only_when_escalated(self, handler: Any) -> dict[str, Any]:
+        out = handler(self)
+        if out.get("guard", False) is None:
+            del out["guard"]  # as lrgate 0.4.0 wrote it: only on a decision the guard escalated
+        return out
 
     @property
     def rejected(self) -> bool:

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from lrgate.core.gate_records import Decision, format_value
+from lrgate.core.gate_records import Decision, RecordError, format_value
 from lrgate.operations.report import markdown_table
 
 GATES = ((1, "frozen"), (2, "unfrozen"))
@@ -48,8 +48,12 @@ def member_row(config: str, run: str, state: str, message: str, run_dir: Path) -
     for n, gate in GATES:
         path = run_dir / f"gate-{gate}" / "decision.json"
         saved = _read_json(path)
-        if saved is not None:
-            decision = Decision.read(saved, str(path))
+        try:
+            decision = None if saved is None else Decision.read(saved, str(path))
+        except RecordError as e:  # one member's unreadable file never costs the fleet its report
+            row[f"gate_{n}"] = f"unreadable: {e}"
+            decision = None
+        if decision is not None:
             if decision.suggested is not None:
                 row[f"gate_{n}_suggested"] = format_value(decision.suggested.value)
             row[f"gate_{n}"] = f"{format_value(decision.value)} ({decision.source})"

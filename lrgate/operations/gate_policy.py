@@ -25,7 +25,11 @@ class GateTimeout(LrgateError):
 
 
 class GuardStop(LrgateError):
-    """The guard stopped an unattended gate and the config says ``guard.on_fail: fail``."""
+    """The guard stopped an unattended gate and the config says ``guard.on_fail: fail``; ``problem`` says why."""
+
+    def __init__(self, gate: str, problem: str) -> None:
+        super().__init__(f"gate {gate}: the guard stopped the suggestion: {problem}")
+        self.problem = problem
 
 
 @dataclass(frozen=True)
@@ -102,7 +106,7 @@ def decide(record: GateRecord, gate: GateConfig, guard: GuardConfig | None, last
             problem = guard_problem(record.suggestion, guard, last)
         if problem is not None:
             if guard.on_fail == "fail":
-                raise GuardStop(f"gate {record.gate}: the guard stopped the suggestion: {problem}")
+                raise GuardStop(record.gate, problem)
             return Review(guard=problem)
     elif gate.policy == "manual" and pin is None:
         return Review()
