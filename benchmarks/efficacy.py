@@ -18,8 +18,9 @@ looks the winner up on the grid like any other method's lr.
 
 Every result is appended to the data files in ``benchmarks/efficacy/`` as soon as it exists (atomic rewrites), and
 a rerun skips what is there: stop it at any time, or give it ``--max-minutes`` and run it again for the next chunk.
-Scoring (:mod:`benchmarks.efficacy_scoring`) reads only those files. Frozen checkpoints live in ``runs/efficacy-work/`` (rebuilt
-when missing). Seeds fix the head's initialisation and the batch order; each task's data is fixed.
+Scoring (:mod:`benchmarks.efficacy_scoring`) reads only those files. Frozen checkpoints live in
+``runs/efficacy-work/`` (rebuilt when missing). Seeds fix the head's initialisation and the batch order; each
+task's data is fixed.
 """
 
 from __future__ import annotations
