@@ -111,7 +111,7 @@ def test_an_unwritable_plot_folder_is_one_line(tmp_path):
     assert out.stderr.startswith(f"lrgate: error: {plot}: cannot write (") and out.stderr.count("\n") == 1
 
 
-def test_an_unwritable_run_folder_is_one_line_before_prefect_starts(tmp_path):
+def test_an_unwritable_run_folder_is_one_line_before_prefect_starts(starts_processes, tmp_path):
     config = tmp_path / "run.yaml"
     config.write_text("name: ro\n")
     run = unwritable_folder(tmp_path) / "run"

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from lrgate.core.config import load_config
 from tests.conftest import tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,18 +62,21 @@ def test_the_scheduled_deployment_is_declared_as_the_yaml_says(deployed):
 
 
 def test_a_worker_runs_a_scheduled_style_run_to_completion(deployed, tmp_path):
-    run_id = trigger("lrgate-pipeline/scheduled-retraining", tiny_config(tmp_path))
+    config = tiny_config(tmp_path)
+    name = load_config(config).name
+    run_id = trigger("lrgate-pipeline/scheduled-retraining", config)
     worker_once()
     run = flow_run(run_id)
     assert run.state.is_completed(), run.state
-    (folder,) = (tmp_path / "runs").glob("tiny-2*")
+    (folder,) = (tmp_path / "runs").glob(f"{name}-2*")
     assert (folder / "model.pkl").exists()
-    assert (tmp_path / "runs" / "tiny-latest").resolve() == folder.resolve()  # promoted: the first model
+    assert (tmp_path / "runs" / f"{name}-latest").resolve() == folder.resolve()  # promoted: the first model
 
 
 def test_a_deployed_manual_gate_suspends_and_resumes_with_finished_stages_cached(deployed, tmp_path):
     manual = "gates:\n  frozen: {policy: manual, timeout: 600}\n  unfrozen: {policy: manual, timeout: 600}\n"
-    run_id = trigger("lrgate-pipeline/manual-review", tiny_config(tmp_path, manual))
+    config = tiny_config(tmp_path, manual)
+    run_id = trigger("lrgate-pipeline/manual-review", config)
     lrgate = str(BIN / "lrgate")
     for gate in ("frozen", "unfrozen"):
         worker_once()  # runs until the gate suspends the run: the process (and its GPU) is freed
@@ -86,7 +90,7 @@ def test_a_deployed_manual_gate_suspends_and_resumes_with_finished_stages_cached
             time.sleep(0.5)
     worker_once()
     assert flow_run(run_id).state.is_completed()
-    (folder,) = (tmp_path / "runs").glob("tiny-2*")
+    (folder,) = (tmp_path / "runs").glob(f"{load_config(config).name}-2*")
     summary = json.loads((folder / "summary.json").read_text())
     # The last re-run took the earlier stages from the cache: only fine-tune and export ran in it.
     assert summary["stage_states"]["train-frozen"] == summary["stage_states"]["gate-unfrozen"] == "Cached"
@@ -114,7 +118,8 @@ def run_logs(run_id: str) -> list:
 
 def test_a_deployed_run_rejected_at_a_gate_ends_cancelled_with_one_line_and_no_traceback(deployed, tmp_path):
     manual = "gates:\n  frozen: {policy: manual, timeout: 600}\n"
-    run_id = trigger("lrgate-pipeline/manual-review", tiny_config(tmp_path, manual, name="tiny-rejected"))
+    config = tiny_config(tmp_path, manual)
+    run_id = trigger("lrgate-pipeline/manual-review", config)
     worker_once()
     assert flow_run(run_id).state.name == "Suspended"
     cli(str(BIN / "lrgate"), "reject", run_id, "--reason", "curve looks broken", "--reviewer", "erin")
@@ -134,6 +139,6 @@ def test_a_deployed_run_rejected_at_a_gate_ends_cancelled_with_one_line_and_no_t
     said = [r.message for r in logs if "rejected at gate frozen" in r.message]
     assert len(said) == 2 and said[0].startswith("rejected at gate frozen by erin: curve looks broken: report "), said
     assert said[1] == f"Finished in state Cancelled({state.message!r})"
-    (folder,) = (tmp_path / "runs").glob("tiny-rejected-2*")
+    (folder,) = (tmp_path / "runs").glob(f"{load_config(config).name}-2*")
     assert json.loads((folder / "summary.json").read_text())["outcome"] == state.message
     assert not (folder / "model.pkl").exists()

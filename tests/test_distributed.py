@@ -102,7 +102,7 @@ def test_the_distributed_run_finishes_and_its_model_loads_and_predicts(finished)
     assert label in learn.dls.vocab and probs.shape == (10,)
 
 
-def test_a_failed_launch_raises_with_the_ranks_error_and_leaves_the_checkpoint_alone(tmp_path):
+def test_a_failed_launch_raises_with_the_ranks_error_and_leaves_the_checkpoint_alone(starts_processes, tmp_path):
     config = tiny_config(tmp_path, TWO_RANKS)
     cfg = load_config(config)
     run, _ = open_run(cfg, config, tmp_path / "run", load_images(cfg).fingerprint)
@@ -223,7 +223,7 @@ def test_an_interrupted_launch_whose_ranks_ignore_sigterm_is_killed_with_its_ran
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
-def test_a_rank_stops_when_torchrun_itself_is_killed_outright(tmp_path):
+def test_a_rank_stops_when_torchrun_itself_is_killed_outright(starts_processes, tmp_path):
     # torchrun starts each rank in a session of its own: if torchrun is SIGKILLed, only the rank's own parent-death
     # request (what lrgate.training.distributed_train makes first) stops it.
     pid_file = tmp_path / "rank.pid"

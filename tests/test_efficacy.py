@@ -134,8 +134,7 @@ def _benchmark_script():
     return module
 
 
-@pytest.mark.slow
-def test_recording_runs_in_chunks_and_resumes_without_redoing_results(tmp_path):
+def test_recording_runs_in_chunks_and_resumes_without_redoing_results(trains, tmp_path):
     script = _benchmark_script()
     data = tmp_path / "data"
     data.mkdir()
@@ -216,8 +215,7 @@ def test_over_every_held_out_curve_the_race_beats_every_curve_rule(bench, raced,
     assert mean[RACE] < min(mean[name] for name in _curve_rules())
 
 
-@pytest.mark.slow
-def test_the_race_records_in_chunks_and_resumes(tmp_path):
+def test_the_race_records_in_chunks_and_resumes(trains, tmp_path):
     script = _benchmark_script()
     data = tmp_path / "data"
     (data / "curves").mkdir(parents=True)

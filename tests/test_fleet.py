@@ -80,13 +80,12 @@ def fleet_run(deployed, tmp_path_factory):
     entries = []
     for name in NAMES:
         (folder / name.removeprefix("tiny-")).mkdir()
-        config = tiny_config(folder / name.removeprefix("tiny-"))
-        config.write_text(config.read_text().replace("name: tiny", f"name: {name}"))
+        config = tiny_config(folder / name.removeprefix("tiny-"), name=name)
         entries.append(str(config.relative_to(folder)))
     broken = folder / "broken"
     broken.mkdir()
     (make_image_folder(broken / "img") / "circle" / "bad.png").write_text("not an image")
-    text = tiny_config(broken).read_text().replace("name: tiny", "name: broken")
+    text = tiny_config(broken, name="broken").read_text()
     (broken / "tiny.yaml").write_text(text.replace("{source: demo, per_class: 12}", "{source: folder, path: img}"))
     entries[-1] = f"{{config: {entries[-1]}, work_queue: second, job_variables: {{env: {{LRGATE_MARK: c}}}}}}"
     entries.append("broken/tiny.yaml")
@@ -176,7 +175,6 @@ def held_slots(limit: str, expected: int, wait_s: float = 30) -> dict[str, dict]
             time.sleep(1)
 
 
-@pytest.mark.slow
 def test_the_fleet_runs_every_config_and_reports_each_row(fleet_run):
     rows = {Path(r["config"]).parent.name: r for r in fleet_run["rows"]}
     assert len(rows) == 4
@@ -195,7 +193,6 @@ def test_the_fleet_runs_every_config_and_reports_each_row(fleet_run):
     assert "[plot](../../a/runs/" in page  # plot links relative to the report
 
 
-@pytest.mark.slow
 def test_one_failed_run_never_stops_the_others_and_the_fleet_says_how_many_failed(fleet_run):
     broken = next(r for r in fleet_run["rows"] if Path(r["config"]).parent.name == "broken")
     assert broken["state"] == "Failed" and "bad.png" in broken["message"]
@@ -215,7 +212,6 @@ def test_one_failed_run_never_stops_the_others_and_the_fleet_says_how_many_faile
     assert c.work_queue_name == "second" and c.job_variables["env"]["LRGATE_MARK"] == "c"
 
 
-@pytest.mark.slow
 def test_with_a_limit_of_one_no_two_range_tests_or_fits_overlap(fleet_run):
     holds = held_slots(LIMIT, expected=12)  # 3 runs x (2 range tests + 2 fits); the broken run trained nothing
     stages = sorted(h["name"].rsplit("-", 1)[0] for h in holds.values())

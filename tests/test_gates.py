@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from lrgate.core.config import load_config
 from lrgate.core.gate_records import GateRecord
 from lrgate.flows.gates import answer_form
 from lrgate.operations.gate_policy import choices, read_answer
@@ -49,8 +50,8 @@ def finish(proc: subprocess.Popen, timeout: float = 180) -> tuple[int, str]:
 
 
 def test_an_approved_override_slice_is_exactly_what_fine_tune_trains_with(prefect_api, tmp_path):
-    run_dir = tmp_path / "run"
-    proc = start(tiny_config(tmp_path, MANUAL), run_dir)
+    run_dir, config = tmp_path / "run", tiny_config(tmp_path, MANUAL)
+    proc = start(config, run_dir)
     gate1 = waiting(run_dir, "frozen", proc)
     assert Path(gate1["plot"]).exists() and isinstance(gate1["suggestion"], float)
     assert lrgate("approve", gate1["run_id"], "--reviewer", "alice").returncode == 0
@@ -79,7 +80,7 @@ def test_an_approved_override_slice_is_exactly_what_fine_tune_trains_with(prefec
     with get_client(sync_client=True) as client:
         (artifact,) = client.read_artifacts(
             artifact_filter=ArtifactFilter(
-                key=ArtifactFilterKey(any_=["tiny-decision-unfrozen"]),
+                key=ArtifactFilterKey(any_=[f"{load_config(config).name}-decision-unfrozen"]),
                 flow_run_id=ArtifactFilterFlowRunId(any_=[gate2["run_id"]]),
             )
         )
@@ -127,7 +128,7 @@ def test_a_manual_gate_whose_curve_cannot_be_read_shows_the_curve_and_takes_an_o
     unreadable = "suggest: {noise: 20}\ngates:\n  frozen: {policy: manual, timeout: 300}\n"
     unreadable += "  unfrozen: {slice: [1e-5, 1e-4]}\n"
     run_dir = tmp_path / "run"
-    proc = start(tiny_config(tmp_path, unreadable, name="tiny-unreadable"), run_dir)
+    proc = start(tiny_config(tmp_path, unreadable), run_dir)
     gate1 = waiting(run_dir, "frozen", proc)
     assert gate1["suggestion"] is None and "needs at least 41 finite points" in gate1["error"]
     assert Path(gate1["plot"]).is_file()  # the recorded curve

@@ -78,12 +78,12 @@ def test_latest_moves_only_to_a_run_that_is_no_worse(tmp_path):
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     assert promote(cfg, tmp_path / "a", "a/model.pkl", 0.90, "a")["promoted"]
-    link = cfg.output_dir / "tiny-latest"
+    link = cfg.output_dir / f"{cfg.name}-latest"
     assert link.resolve() == (tmp_path / "a").resolve()
     kept = promote(cfg, tmp_path / "b", "b/model.pkl", 0.80, "b")
     assert not kept["promoted"] and "stays latest" in kept["why"]
     assert link.resolve() == (tmp_path / "a").resolve()
-    assert json.loads((cfg.output_dir / "tiny.latest.json").read_text())["run_id"] == "a"
+    assert json.loads((cfg.output_dir / f"{cfg.name}.latest.json").read_text())["run_id"] == "a"
 
 
 def test_the_guard_fails_an_unattended_run_whose_suggestion_is_out_of_range(prefect_api, tmp_path):
@@ -102,6 +102,6 @@ def test_the_guard_stops_an_unattended_gate_whose_curve_cannot_be_read(prefect_a
 
     guard = "guard: {lr_range: [1.0e-7, 1.0], on_fail: fail}\nsuggest: {noise: 20}\n"  # 41 points needed, 24 recorded
     with pytest.raises(GuardStop, match="gate frozen: the guard stopped the suggestion: the range test cannot be read"):
-        pipeline(str(tiny_config(tmp_path, guard, name="tiny-unreadable")), str(tmp_path / "run"))
+        pipeline(str(tiny_config(tmp_path, guard)), str(tmp_path / "run"))
     assert (tmp_path / "run" / "gate-frozen" / "review.png").is_file()
     assert not (tmp_path / "run" / "metrics-train-frozen.json").exists()

@@ -61,7 +61,7 @@ def test_a_users_own_lr_find_is_reused_once_the_marker_is_on(body, tmp_path):
     assert len(lrs) <= 60
 
 
-def test_single_group_learner_gets_one_lr_and_a_warning(tmp_path):
+def test_single_group_learner_gets_one_lr_and_a_warning(trains, tmp_path):
     learn = single_group_learner(path=tmp_path)
     with learn.no_bar():
         s = suggest_for_learner(learn)

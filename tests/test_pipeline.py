@@ -12,6 +12,7 @@ from fastai.learner import load_learner
 from fastai.torch_core import even_mults
 from PIL import Image
 
+from lrgate.core.config import load_config
 from lrgate.core.errors import CurveError
 from lrgate.flows.pipeline import pipeline
 from lrgate.training.data import DataError
@@ -21,8 +22,7 @@ from tests.conftest import make_image_folder, tiny_config
 @pytest.fixture(scope="module")
 def finished(prefect_api, tmp_path_factory):
     folder = tmp_path_factory.mktemp("pipeline")
-    # a name of its own: its gate artifacts (with the race) never stand in for other tests' on the shared server
-    return pipeline(str(tiny_config(folder, race=True, name="tiny-raced")), str(folder / "run"))
+    return pipeline(str(tiny_config(folder, race=True)), str(folder / "run"))
 
 
 def gate_json(summary, gate: str) -> dict:
@@ -88,16 +88,17 @@ def test_each_gate_publishes_a_review_artifact_and_the_run_a_metrics_table(finis
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
+    name = load_config(summary_dir(finished) / "config.yaml").name  # the run's own copy of its config
     with get_client(sync_client=True) as client:
-        keys = ["tiny-raced-gate-frozen", "tiny-raced-gate-unfrozen", "tiny-raced-metrics"]
+        keys = [f"{name}-gate-frozen", f"{name}-gate-unfrozen", f"{name}-metrics"]
         artifacts = {
             a.key: a for a in client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=keys)))
         }
     assert set(artifacts) == set(keys)
-    gate = artifacts["tiny-raced-gate-unfrozen"]
+    gate = artifacts[f"{name}-gate-unfrozen"]
     assert gate.type == "markdown" and "data:image/png;base64," in gate.data and "gradient" in gate.data
     assert "**Race** (ranked by accuracy)" in gate.data and "- rung 0: slice hi " in gate.data
-    assert artifacts["tiny-raced-metrics"].type == "table"
+    assert artifacts[f"{name}-metrics"].type == "table"
 
 
 def test_both_gates_race_by_default_and_show_the_race_to_the_reviewer(finished):
@@ -117,7 +118,7 @@ def test_both_gates_race_by_default_and_show_the_race_to_the_reviewer(finished):
 
 
 def test_race_off_reads_the_curve_alone(prefect_api, tmp_path):
-    summary = pipeline(str(tiny_config(tmp_path, name="tiny-race-off")), str(tmp_path / "run"))  # race: off
+    summary = pipeline(str(tiny_config(tmp_path)), str(tmp_path / "run"))  # race: off
     for gate in ("frozen", "unfrozen"):
         assert "race" not in gate_json(summary, gate)
 
@@ -141,7 +142,7 @@ UNREADABLE = "suggest: {noise: 20}\n"  # the extrema filter needs 41 points; the
 
 def test_an_unattended_gate_whose_curve_cannot_be_read_fails_with_the_reason_and_keeps_the_graph(prefect_api, tmp_path):
     with pytest.raises(CurveError, match=r"gate frozen: noise=20 needs at least 41 finite points, the curve has 24"):
-        pipeline(str(tiny_config(tmp_path, UNREADABLE, name="tiny-unreadable")), str(tmp_path / "run"))
+        pipeline(str(tiny_config(tmp_path, UNREADABLE)), str(tmp_path / "run"))
     gate = tmp_path / "run" / "gate-frozen"
     with Image.open(gate / "review.png") as im:  # the recorded curve, for a person to look at
         assert im.format == "PNG"

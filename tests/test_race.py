@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import torch
 from fastai.data.core import DataLoaders
 from fastai.data.load import DataLoader
@@ -17,8 +16,6 @@ from torch.utils.data import TensorDataset
 from lrgate.notebook import find_optimal_lr, suggest_for_learner
 from lrgate.training.race import CompressedSchedule, run_trial
 from tests.tiny_learners import tiny_cnn, transfer_learner
-
-pytestmark = pytest.mark.slow
 
 
 def _state(learn: Learner) -> dict:
@@ -111,7 +108,7 @@ def test_after_unfreeze_the_race_returns_a_slice_with_the_curves_ratio(body, tmp
     assert s.to_dict()["race"]["cost"]["trainings"] > 0
 
 
-def test_a_plain_tensor_dataset_learner_races_and_scores_by_its_loss_without_metrics(tmp_path):
+def test_a_plain_tensor_dataset_learner_races_and_scores_by_its_loss_without_metrics(trains, tmp_path):
     x = torch.randn(256, 1, 8, 8)
     y = (x.mean((1, 2, 3)) > 0).long()
     dls = DataLoaders(
@@ -140,7 +137,7 @@ class TinyTextClassifier(nn.Module):
         return self.head(out[:, -1])
 
 
-def test_a_text_model_with_its_own_splitter_races_frozen_and_comes_back_unchanged(tmp_path):
+def test_a_text_model_with_its_own_splitter_races_frozen_and_comes_back_unchanged(trains, tmp_path):
     set_seed(0, reproducible=True)
     x = torch.randint(0, 20, (320, 12))
     y = (x == 3).any(1).long()  # does the sequence hold token 3?

@@ -64,7 +64,7 @@ def kill_when(
         proc.wait()
 
 
-def test_a_killed_run_resumes_without_redoing_finished_stages(tmp_path):
+def test_a_killed_run_resumes_without_redoing_finished_stages(starts_processes, tmp_path):
     config = tiny_config(tmp_path, unfrozen_epochs=12)  # a fine-tune long enough to be killed in
     run = tmp_path / "run"
     # decision.json is written once gate 2's stage has finished and its result is persisted; 1 s later the run is
@@ -87,12 +87,12 @@ def test_a_killed_run_resumes_without_redoing_finished_stages(tmp_path):
 
     # Next week's run of the same config: a new folder, and every stage trains afresh.
     lrgate_run(tmp_path, str(config))
-    (fresh,) = [p for p in (tmp_path / "runs").glob("tiny-2*")]
+    (fresh,) = [p for p in (tmp_path / "runs").glob(f"{load_config(config).name}-2*")]
     states = json.loads((fresh / "summary.json").read_text())["stage_states"]
     assert set(states.values()) == {"Completed"}
 
 
-def test_a_run_killed_mid_train_frozen_resumes_from_its_next_epoch(tmp_path):
+def test_a_run_killed_mid_train_frozen_resumes_from_its_next_epoch(starts_processes, tmp_path):
     config = tiny_config(tmp_path)
     # three frozen epochs of 240 training images: a second or more each, so the kill lands between two epochs
     config.write_text(
@@ -123,7 +123,7 @@ def test_a_run_killed_mid_train_frozen_resumes_from_its_next_epoch(tmp_path):
     assert (run / "model.pkl").exists()
 
 
-def test_resume_refuses_another_config(tmp_path):
+def test_resume_refuses_another_config(starts_processes, tmp_path):
     config = tiny_config(tmp_path)
     run = tmp_path / "run"
     run.mkdir()
@@ -132,7 +132,7 @@ def test_resume_refuses_another_config(tmp_path):
     assert out.returncode == 1 and "holds a run of another config" in out.stderr
 
 
-def test_cli_config_errors_are_one_line(tmp_path):
+def test_cli_config_errors_are_one_line(starts_processes, tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("train: {batch_size: 0}\n")
     out = lrgate_run(tmp_path, str(bad), ok=False)
@@ -151,7 +151,7 @@ class Touch:
         return open, (str(self.path), "w")
 
 
-def test_resume_never_unpickles_a_crafted_stage_record(tmp_path):
+def test_resume_never_unpickles_a_crafted_stage_record(starts_processes, tmp_path):
     from prefect._internal.result_records import ResultRecord, ResultRecordMetadata
     from prefect.serializers import PickleSerializer
 
@@ -180,7 +180,7 @@ def test_resume_never_unpickles_a_crafted_stage_record(tmp_path):
     )
 
 
-def test_a_changed_checkpoint_is_redone_on_resume_and_no_temporary_folder_is_left(tmp_path):
+def test_a_changed_checkpoint_is_redone_on_resume_and_no_temporary_folder_is_left(starts_processes, tmp_path):
     config = tiny_config(tmp_path)
     run = tmp_path / "run"
     lrgate_run(tmp_path, str(config), "--out", str(run))

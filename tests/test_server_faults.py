@@ -23,8 +23,6 @@ LRGATE = str(Path(sys.executable).parent / "lrgate")
 # Gate 2 waits for a reviewer: the run stops there with gate 1, train-frozen and unfreeze done.
 WAIT_AT_GATE_2 = "gates:\n  unfrozen: {policy: manual, timeout: 900}\n"
 
-pytestmark = pytest.mark.slow
-
 
 def poll(condition, timeout: float, what: str, proc: subprocess.Popen | None = None, log: Path | None = None):
     """``condition()``'s first truthy value within ``timeout`` seconds; fails saying ``what`` (with the log's
@@ -62,7 +60,7 @@ def gone(proc: psutil.Process) -> bool:
 
 
 @pytest.fixture
-def start_run(tmp_path):
+def start_run(starts_processes, tmp_path):
     """Start ``lrgate run`` on a tiny config that waits at gate 2; yields (process, run folder, stderr file).
     Whatever it started is stopped afterwards."""
     started: list[tuple[subprocess.Popen, list[psutil.Process]]] = []
@@ -74,7 +72,7 @@ def start_run(tmp_path):
             PREFECT_SERVER_ANALYTICS_ENABLED="false",
             OMP_NUM_THREADS="1",
         )
-        config, run_dir = tiny_config(tmp_path, WAIT_AT_GATE_2, name="server-faults"), tmp_path / "run"
+        config, run_dir = tiny_config(tmp_path, WAIT_AT_GATE_2), tmp_path / "run"
         out, err = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
         proc = subprocess.Popen(
             [LRGATE, "run", str(config), "--out", str(run_dir)],
@@ -146,7 +144,7 @@ AUTH = "reviewer:s3cret"
 
 
 @pytest.fixture(scope="module")
-def shared_server(tmp_path_factory):
+def shared_server(starts_processes, tmp_path_factory):
     """``prefect server start`` as README tells it for a shared server: the port from PREFECT_SERVER_API_PORT
     (so the UI's own calls go there too) and PREFECT_SERVER_API_AUTH_STRING. Yields (API URL, environment of a
     client that has nothing of Prefect's but a home of its own)."""
@@ -200,7 +198,7 @@ def test_a_shared_server_refuses_a_client_without_its_auth_string_and_approve_wo
         "server's auth string"
     ], refused.stderr[-2000:]
 
-    config = tiny_config(tmp_path, "gates:\n  frozen: {policy: manual, timeout: 900}\n", name="shared")
+    config = tiny_config(tmp_path, "gates:\n  frozen: {policy: manual, timeout: 900}\n")
     err = tmp_path / "stderr.txt"
     run = subprocess.Popen(
         [LRGATE, "run", str(config), "--out", str(tmp_path / "run")],

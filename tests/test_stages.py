@@ -59,7 +59,7 @@ class Killed(BaseException):
     passes through fastai's callback error handling)."""
 
 
-def test_an_epoch_file_resumes_only_the_same_fit_and_only_intact(tmp_path, monkeypatch):
+def test_an_epoch_file_resumes_only_the_same_fit_and_only_intact(trains, tmp_path, monkeypatch):
     config = tiny_config(tmp_path, "train: {frozen_epochs: 2, batch_size: 16, image_size: 32}")
     cfg = load_config(config)
     run, _ = open_run(cfg, config, tmp_path / "run", load_images(cfg).fingerprint)

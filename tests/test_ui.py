@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from lrgate.core.config import load_config
 from tests.conftest import tiny_config
 from tests.test_gates import MANUAL, finish, lrgate, start, waiting
 
@@ -136,8 +137,8 @@ def test_the_ui_shows_the_paused_gates_form_and_review_artifact(prefect_api, tmp
 
     ui = prefect_api.removesuffix("/api")
     shots = Path(os.environ.get("LRGATE_SCREENSHOTS", tmp_path))
-    run_dir = tmp_path / "run"
-    proc = start(tiny_config(tmp_path, MANUAL), run_dir)
+    run_dir, config = tmp_path / "run", tiny_config(tmp_path, MANUAL)
+    proc = start(config, run_dir)
     gate1 = waiting(run_dir, "frozen", proc)
     assert lrgate("approve", gate1["run_id"]).returncode == 0
     gate2 = waiting(run_dir, "unfrozen", proc)
@@ -155,7 +156,7 @@ def test_the_ui_shows_the_paused_gates_form_and_review_artifact(prefect_api, tmp
     with get_client(sync_client=True) as client:
         (artifact,) = client.read_artifacts(
             artifact_filter=ArtifactFilter(
-                key=ArtifactFilterKey(any_=["tiny-gate-unfrozen"]),
+                key=ArtifactFilterKey(any_=[f"{load_config(config).name}-gate-unfrozen"]),
                 flow_run_id=ArtifactFilterFlowRunId(any_=[gate2["run_id"]]),
             )
         )
