@@ -324,6 +324,9 @@ def test_rows_of_a_rejected_run_and_a_run_that_never_started(tmp_path):
     assert rejected["gate_2"] == "none (reject)" and rejected["gate_2_by"] == "reject by ann"
     assert rejected["gate_1_plot"] == "-" and rejected["gate_2_plot"].endswith("review.png")
     never = member_row("b.yaml", "-", "Error", "could not start the run", tmp_path / "nothing")
+    (run_dir / "gate-unfrozen" / "decision.json").write_text(json.dumps({"gate": "unfrozen", "schema_version": 99}))
+    newer = member_row("a.yaml", "fleet-1-a", "Completed", "", run_dir)  # a member on a newer lrgate: still a row
+    assert newer["gate_1"] == "1.00e-02 (override)" and "unreadable: " in newer["gate_2"] and "newer" in newer["gate_2"]
     assert never["gate_1"] == never["gate_2"] == "-" and never["accuracy"] is None
     finished = {**never, "state": "Completed"}
     assert fleet_outcome([finished, rejected]) == (0, "1 of 2 runs finished, 1 cancelled or rejected")
