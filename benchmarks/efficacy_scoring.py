@@ -34,6 +34,7 @@ LATER_SPLITS = {
     "fresh": "split-fresh.json",  # fixed after the 0.2 default was chosen
     "third": "split-third.json",  # fixed before the race's parameters were chosen
     "fourth": "split-fourth.json",  # fixed before it was recorded, with 0.4.0's race unchanged
+    "fifth": "split-fifth.json",  # fixed before any change to 0.4.0's race was chosen; not yet recorded
 }
 STAGES = ("frozen", "unfrozen")
 
@@ -76,8 +77,9 @@ class Benchmark:
     def pairs(self, split: str) -> list[tuple[str, int]]:
         """The (task, seed) curves of ``split``: ``tuning``, ``held_out`` (everything not tuning), ``new_tasks``
         (the held-out split's whole tasks only), ``all`` (the first six tasks), ``fresh`` (the tasks of
-        ``split-fresh.json``, recorded after the default was fixed) or ``third`` (``split-third.json``, recorded
-        after the race's parameters were fixed) or ``fourth`` (``split-fourth.json``, likewise)."""
+        ``split-fresh.json``, recorded after the default was fixed), ``third`` (``split-third.json``, recorded
+        after the race's parameters were fixed), ``fourth`` (``split-fourth.json``, likewise) or ``fifth``
+        (``split-fifth.json``)."""
         every = [(t, s) for t in self.split["tasks"] for s in self.split["seeds"]]
         tuning = [(t, s) for t in self.split["tuning"]["tasks"] for s in self.split["tuning"]["seeds"]]
         new = [(t, s) for t, s in every if t in self.split["held_out"]["tasks"]]
