@@ -1,4 +1,4 @@
-"""Efficacy benchmark, training part: real ``lr_find`` curves and an oracle lr grid for each split's small transfer tasks.
+"""Efficacy benchmark, training part: real ``lr_find`` curves and an oracle lr grid for each split's tasks.
 
     python -m benchmarks.efficacy record [--max-minutes 100] [--tasks NAME ...]   # resumable, in chunks
     python -m benchmarks.efficacy race [--split third] [--budget 1] [--max-minutes 30]  # resumable, in chunks
