@@ -218,28 +218,42 @@ def test_rendering_makes_no_prefect_client_and_refuses_what_only_a_server_resolv
         submission("kubernetes", {"env": {"TOKEN": "{{ prefect.blocks.secret.token }}"}})
 
 
-@pytest.mark.parametrize(
-    "job",
-    [{}, {"image": IMAGE, "gpu_count": 2, "env": ENV, "env.FOO": "bar", "command": COMMAND}],
-    ids=["defaults", "set"],
-)
-def test_prefect_dockers_worker_submits_the_same_container(prefect_api, job):
-    """prefect-docker's own job configuration and container settings: what its worker hands docker-py."""
-    from prefect.client.schemas.objects import FlowRun
-    from prefect_docker.worker import DockerWorker, DockerWorkerJobConfiguration
+EVERY_VARIABLE = {"image": IMAGE, "env": ENV, "env.FOO": "bar", "command": COMMAND}  # and each kind's GPU request
 
-    template = load_template("docker")
-    configuration = asyncio.run(DockerWorkerJobConfiguration.from_template_and_values(template, job))
-    for key, value in render(template, job).items():
-        assert getattr(configuration, key) == value, key
+
+def worker_configuration(cls, kind: str, job: dict, unlike: tuple[str, ...] = ()):
+    """``kind``'s template rendered by a worker's own job configuration class ``cls``, after checking that it holds
+    what lrgate's :func:`render` gives (but for the keys in ``unlike``); returns it and lrgate's rendering."""
+    template = load_template(kind)
+    configuration = asyncio.run(cls.from_template_and_values(template, job))
+    rendered = render(template, job)
+    for key, value in rendered.items():
+        if key not in unlike:
+            assert getattr(configuration, key) == value, key
+    return configuration, rendered
+
+
+def prepared(configuration):
+    """``configuration`` as the worker prepares it for one flow run (Prefect's env, labels, the command)."""
+    from prefect.client.schemas.objects import FlowRun
 
     configuration.prepare_for_flow_run(FlowRun(flow_id=uuid.uuid4()))
+    return configuration
+
+
+@pytest.mark.parametrize("job", [{}, {**EVERY_VARIABLE, "gpu_count": 2}], ids=["defaults", "set"])
+def test_prefect_dockers_worker_submits_the_same_container(prefect_api, job):
+    """prefect-docker's own job configuration and container settings: what its worker hands docker-py."""
+    from prefect_docker.worker import DockerWorker, DockerWorkerJobConfiguration
+
+    configuration, _ = worker_configuration(DockerWorkerJobConfiguration, "docker", job)
 
     class Daemon:  # all the worker asks the docker daemon before it creates the container
         def version(self):
             return {"Version": "27.0.0"}
 
-    settings = DockerWorker(work_pool_name="lrgate-docker")._build_container_settings(Daemon(), configuration)
+    worker = DockerWorker(work_pool_name="lrgate-docker")
+    settings = worker._build_container_settings(Daemon(), prepared(configuration))
     sub = submission("docker", job)
     assert settings["image"] == sub.image
     assert shlex.split(settings["command"]) == sub.command  # docker-py splits a string command with shlex
@@ -247,26 +261,18 @@ def test_prefect_dockers_worker_submits_the_same_container(prefect_api, job):
     assert sub.env.items() <= settings["environment"].items()
 
 
-@pytest.mark.parametrize(
-    "job",
-    [{}, {"image": IMAGE, "gpu_limit": 2, "env": ENV, "env.FOO": "bar", "command": COMMAND}],
-    ids=["defaults", "set"],
-)
+@pytest.mark.parametrize("job", [{}, {**EVERY_VARIABLE, "gpu_limit": 2}], ids=["defaults", "set"])
 def test_prefect_kubernetes_worker_builds_the_same_job(prefect_api, job):
     """prefect-kubernetes' own job configuration and the manifest its worker would send the cluster."""
-    from prefect.client.schemas.objects import FlowRun
     from prefect_kubernetes.worker import KubernetesWorkerJobConfiguration
 
-    template = load_template("kubernetes")
-    configuration = asyncio.run(KubernetesWorkerJobConfiguration.from_template_and_values(template, job))
-    rendered = render(template, job)
-    for key, value in rendered.items():
-        if key != "job_manifest":  # the class adds empty metadata.annotations to the manifest
-            assert getattr(configuration, key) == value, key
+    # the class adds empty metadata.annotations to the manifest: compare its container
+    configuration, rendered = worker_configuration(
+        KubernetesWorkerJobConfiguration, "kubernetes", job, unlike=("job_manifest",)
+    )
     assert container({"job_manifest": configuration.job_manifest}) == container(rendered)
 
-    configuration.prepare_for_flow_run(FlowRun(flow_id=uuid.uuid4()))
-    job_container = container({"job_manifest": configuration.job_manifest})
+    job_container = container({"job_manifest": prepared(configuration).job_manifest})
     sub = submission("kubernetes", job)
     assert (job_container["image"], job_container["args"]) == (sub.image, sub.command)
     assert job_container["resources"]["limits"] == sub.gpu_request
