@@ -34,7 +34,7 @@ LATER_SPLITS = {
     "fresh": "split-fresh.json",  # fixed after the 0.2 default was chosen
     "third": "split-third.json",  # fixed before the race's parameters were chosen
     "fourth": "split-fourth.json",  # fixed before it was recorded, with 0.4.0's race unchanged
-    "fifth": "split-fifth.json",  # fixed before any change to 0.4.0's race was chosen; not yet recorded
+    "fifth": "split-fifth.json",  # fixed before any change to 0.4.0's race was chosen; recorded, not yet raced
 }
 STAGES = ("frozen", "unfrozen")
 

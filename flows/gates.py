@@ -196,14 +196,12 @@ def wait_for_review(cfg: RunConfig, run: RunInfo, record: GateRecord, gate: Gate
             return outcome
         logger.warning("gate %s: answer refused: %s; waiting again", name, outcome)
         note = f"**Your last answer was refused: {outcome}.**\n\n"
-    raise AssertionError("unreachable")
 
 
-def gate_decision(cfg: RunConfig, run: RunInfo, record: GateRecord | dict[str, Any], gate: GateConfig) -> Decision:
+def gate_decision(cfg: RunConfig, run: RunInfo, record: GateRecord, gate: GateConfig) -> Decision:
     """The gate's decision: kept from an earlier attempt of this run, else taken now by the gate policy
     (:func:`~lrgate.operations.gate_policy.decide`), asking a person when it says so. Values that go on are
     remembered in the config's history for the guard of later runs."""
-    record = GateRecord.read(record, "the gate's range test")
     name = record.gate
     saved = run.path(f"gate-{name}/decision.json")
     if saved.exists():

@@ -1,5 +1,5 @@
-"""Prefect tasks, one per pipeline stage: thin wrappers over
-:mod:`lrgate.training.stage_functions`, plus the Prefect artifacts.
+"""Prefect tasks, one per pipeline stage: thin wrappers over :mod:`lrgate.training.stage_functions`, plus the
+Prefect artifacts.
 
 Each stage's result is persisted in its run folder under a key made of the run id, the config digest, the data
 fingerprint and the stage name (:meth:`RunInfo.stage_key`): a resumed run gets its finished stages back as

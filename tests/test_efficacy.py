@@ -168,21 +168,23 @@ def raced(bench) -> dict[str, pd.DataFrame]:
     return {split: efficacy.score_table(bench, split, extra=extra) for split in HELD_OUT_SPLITS}
 
 
-def test_the_third_split_is_new_tasks_and_new_seeds_only_and_fully_recorded(bench):
-    third = bench.split["third"]
-    earlier = set(bench.split["tasks"]) | set(bench.split["fresh"]["tasks"])
-    assert len(third["tasks"]) >= 3 and not set(third["tasks"]) & earlier
-    assert not set(third["seeds"]) & (set(bench.split["seeds"]) | set(bench.split["fresh"]["seeds"]))
-    assert len(bench.pairs("third")) == len(third["tasks"]) * len(third["seeds"])
+@pytest.mark.parametrize("key", ["third", "fourth"])
+def test_a_later_split_is_new_tasks_and_new_seeds_only_and_fully_recorded(bench, key):
+    split = bench.split[key]
+    before = list(efficacy.LATER_SPLITS)[: list(efficacy.LATER_SPLITS).index(key)]  # fresh, third, ...
+    earlier = set(bench.split["tasks"]) | {t for k in before for t in bench.split[k]["tasks"]}
+    assert len(split["tasks"]) >= 3 and not set(split["tasks"]) & earlier
+    assert not set(split["seeds"]) & (set(bench.split["seeds"]) | {s for k in before for s in bench.split[k]["seeds"]})
+    assert len(bench.pairs(key)) == len(split["tasks"]) * len(split["seeds"])
     for stage in efficacy.STAGES:
-        counts = bench.grid[(bench.grid["stage"] == stage) & bench.grid["task"].isin(third["tasks"])]
+        counts = bench.grid[(bench.grid["stage"] == stage) & bench.grid["task"].isin(split["tasks"])]
         counts = counts.groupby(["task", "seed"]).size()
-        assert len(counts) == len(bench.pairs("third")) and counts.min() == counts.max() >= 13, stage
+        assert len(counts) == len(bench.pairs(key)) and counts.min() == counts.max() >= 13, stage
 
 
 def test_the_race_is_recorded_for_every_held_out_curve_with_its_cost(bench):
     race = efficacy.race_methods(DATA)[RACE]
-    for split in HELD_OUT_SPLITS:
+    for split in (*HELD_OUT_SPLITS, "fourth"):
         assert race.covers(bench.pairs(split)), split
     assert all(cost > 0 for cost in race.costs.values())
 
@@ -204,20 +206,6 @@ def test_on_the_third_split_the_race_beats_the_fixed_lr_in_hindsight_before_unfr
     mean = efficacy.summary(raced["third"])
     assert mean.loc[RACE, "frozen mean"] < mean.loc[efficacy.HINDSIGHT, "frozen mean"]
     assert mean.loc[RACE, "unfrozen mean"] > mean.loc[efficacy.HINDSIGHT, "unfrozen mean"]
-
-
-def test_the_fourth_split_is_new_tasks_and_new_seeds_only_and_fully_recorded_and_raced(bench):
-    fourth = bench.split["fourth"]
-    earlier = set(bench.split["tasks"]) | {t for key in ("fresh", "third") for t in bench.split[key]["tasks"]}
-    assert len(fourth["tasks"]) >= 3 and not set(fourth["tasks"]) & earlier
-    seen = set(bench.split["seeds"]) | {s for key in ("fresh", "third") for s in bench.split[key]["seeds"]}
-    assert not set(fourth["seeds"]) & seen
-    assert len(bench.pairs("fourth")) == len(fourth["tasks"]) * len(fourth["seeds"])
-    for stage in efficacy.STAGES:
-        counts = bench.grid[(bench.grid["stage"] == stage) & bench.grid["task"].isin(fourth["tasks"])]
-        counts = counts.groupby(["task", "seed"]).size()
-        assert len(counts) == len(bench.pairs("fourth")) and counts.min() == counts.max() >= 13, stage
-    assert efficacy.race_methods(DATA)[RACE].covers(bench.pairs("fourth"))
 
 
 def test_on_the_fourth_split_the_race_wins_before_unfreeze_and_not_after(bench):

@@ -12,7 +12,7 @@ version needs; one from a newer lrgate, or one that lacks a field, is refused wi
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError, model_serializer, model_validator
 
@@ -36,9 +36,11 @@ def format_value(v: Value | None) -> str:
 
 
 class _Record(BaseModel):
-    """Frozen; unknown fields are kept (a later lrgate may add some) and written back."""
+    """Frozen; unknown fields are kept (a later lrgate may add some) and written back. The fields named in
+    ``OMIT_WHEN_NONE`` are left out of the JSON while they are None (as earlier lrgates wrote them)."""
 
     model_config = ConfigDict(frozen=True, extra="allow")
+    OMIT_WHEN_NONE: ClassVar[frozenset[str]] = frozenset()
 
     schema_version: int = SCHEMA_VERSION
 
@@ -55,8 +57,6 @@ class _Record(BaseModel):
     @classmethod
     def read(cls, data: Any, where: str = "") -> Any:
         """The record from its JSON object (or the record itself); :class:`RecordError` naming what is wrong."""
-        if isinstance(data, cls):
-            return data
         try:
             return cls.model_validate(data)
         except ValidationError as e:
@@ -73,9 +73,15 @@ class _Record(BaseModel):
         """The record's JSON object, as written to disk (``include=`` / ``exclude=`` as pydantic's)."""
         return self.model_dump(mode="json", **fields)
 
+    @model_serializer(mode="wrap")
+    def _omit_none(self, handler: Any) -> dict[str, Any]:
+        return {k: v for k, v in handler(self).items() if v is not None or k not in self.OMIT_WHEN_NONE}
+
 
 class SuggestionRecord(_Record):
     """A suggestion as ``lrgate suggest --json`` prints it (:meth:`lrgate.core.suggest.Suggestion.to_dict`)."""
+
+    OMIT_WHEN_NONE = frozenset({"schema_version", "race"})  # the contract has "race" only after a race
 
     schema_version: int | None = None  # the CLI's JSON contract has no version: it is the suggestion's own shape
 
@@ -94,14 +100,6 @@ class SuggestionRecord(_Record):
     def value(self) -> Value:
         """The lr, or the slice ``[lo, hi]``."""
         return self.slice if self.slice is not None else self.lr
-
-    @model_serializer(mode="wrap")
-    def _contract(self, handler: Any) -> dict[str, Any]:
-        out = handler(self)
-        out.pop("schema_version", None)
-        if out.get("race", False) is None:
-            del out["race"]  # the contract has "race" only after a race
-        return out
 
 
 class GateRecord(_Record):
@@ -130,9 +128,11 @@ class GateRecord(_Record):
     @model_validator(mode="before")
     @classmethod
     def _from_suggestion(cls, data: Any) -> Any:
-        # lrgate 0.4.0 kept state, takes_slice and tested_range only on records without a suggestion
-        if isinstance(data, dict) and isinstance(data.get("suggestion"), dict):
-            s = data["suggestion"]
+        # With a suggestion these three are its own (lrgate 0.4.0 kept them on the record only when there was none)
+        s = data.get("suggestion") if isinstance(data, dict) else None
+        if isinstance(s, SuggestionRecord):
+            s = s.model_dump()
+        if isinstance(s, dict):
             data = {
                 "state": s.get("state"),
                 "takes_slice": s.get("slice") is not None,
@@ -169,6 +169,8 @@ class Decision(_Record):
     came from (suggestion, override, pinned lr, pinned slice, reject); ``suggested`` is the range test's
     suggestion as the decision saw it; ``guard`` the guard's reason when it escalated an ``auto`` gate."""
 
+    OMIT_WHEN_NONE = frozenset({"guard"})  # as lrgate 0.4.0 wrote it: only on a decision the guard escalated
+
     gate: str
     policy: str
     action: Action
@@ -180,17 +182,6 @@ class Decision(_Record):
     suggested: SuggestionRecord | None
     guard: str | None = None
 
-    @model_serializer(mode="wrap")
-    def _guard_only_when_escalated(self, handler: Any) -> dict[str, Any]:
-        out = handler(self)
-        if out.get("guard", False) is None:
-            del out["guard"]  # as lrgate 0.4.0 wrote it: only on a decision the guard escalated
-        return out
-
     @property
     def rejected(self) -> bool:
         return self.value is None
-
-    def describe(self) -> str:
-        """``3.0e-03 (override)``, or ``rejected``."""
-        return "rejected" if self.value is None else f"{format_value(self.value)} ({self.source})"

@@ -105,9 +105,8 @@ class Suggestion:
     ``lr`` is the learning rate to train with when ``slice`` is None, else the slice's upper end.
     ``gradient_choices`` and ``loss_choices`` are the best valid inflection points of each curve,
     right to left (at most three each). ``warnings`` says in plain words which rule had to fall back.
-    After a race (:mod:`lrgate.training.race`),
-    ``lr`` and ``slice`` are the race's winner and ``race`` holds its record,
-    with ``method``'s own pick among its ``rule_picks``.
+    After a race (:mod:`lrgate.training.race`), ``lr`` and ``slice`` are the race's winner and ``race`` holds its
+    record, with ``method``'s own pick among its ``rule_picks``.
     """
 
     state: State

@@ -5,10 +5,10 @@
         --checkpoint RUN/checkpoints/0-initial.pth --lr 0.01 --backend gloo --out RUN/launch-train-frozen
 
 Each rank builds the Learner from the checkpoint (:func:`lrgate.training.stage_functions.make_learner`),
-joins the process group
-and runs the stage's ``fit_one_cycle`` under ``learn.distrib_ctx`` with the value it was given, then writes
-``rank-<r>.json`` (what it trained with and how it went). Rank 0 alone prints progress and saves the weights
-(``checkpoint.pth`` in ``--out``); the launcher moves them into place once every rank has finished.
+joins the process group and runs the stage's ``fit_one_cycle`` under ``learn.distrib_ctx`` with the value it was
+given, then writes ``rank-<r>.json`` (what it trained with and how it went). Rank 0 alone prints progress and
+saves the weights (``checkpoint.pth`` in ``--out``); the launcher moves them into place once every rank has
+finished.
 """
 
 from __future__ import annotations

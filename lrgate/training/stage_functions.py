@@ -363,8 +363,6 @@ def range_test(cfg: RunConfig, run: RunInfo, checkpoint: str, gate: str, log: Lo
     return GateRecord(
         **common,
         suggestion=SuggestionRecord.read(suggestion),
-        takes_slice=s.slice is not None,
-        tested_range=s.tested_range,
         choices=format_choices(s, race=False),
         plot=str(plot),
         frame_csv=str(frame),
@@ -393,9 +391,8 @@ def train(
     mismatching or corrupt epoch file is ignored, said with ``warn`` (default ``log``).
 
     With ``distributed.processes`` above 1 the fit runs as a ``torchrun`` launch of that many ranks
-    (:mod:`lrgate.training.distributed`),
-    every rank with this ``value``; the checkpoint and metrics are rank 0's. No epoch
-    is saved there: a killed distributed stage trains again from epoch 1.
+    (:mod:`lrgate.training.distributed`), every rank with this ``value``; the checkpoint and metrics are rank 0's.
+    No epoch is saved there: a killed distributed stage trains again from epoch 1.
     """
     out = run.path(f"checkpoints/{'1-frozen' if stage == 'train-frozen' else '3-fine-tuned'}.pth")
     if cfg.distributed.processes > 1:
