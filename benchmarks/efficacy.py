@@ -46,6 +46,7 @@ from fastai.torch_core import set_seed
 from PIL import Image, ImageDraw
 from sklearn.datasets import load_digits, load_sample_images
 
+import lrgate
 from benchmarks import efficacy_scoring as scoring
 from lrgate.core.curve_file import write_curve_csv
 from lrgate.core.outputs import write_text
@@ -65,6 +66,7 @@ N_VALID = 200
 GRID_FIELDS = ("task", "seed", "stage", "lr", "accuracy", "valid_loss", "train_loss", "seconds")
 RANGE_FIELDS = ("task", "seed", "stage", "points", "seconds", "checkpoint_lr")
 RACE_FIELDS = (
+    "lrgate",
     "task",
     "seed",
     "stage",
@@ -422,6 +424,7 @@ def race_curve(bench: scoring.Benchmark, name: str, seed: int, stage: str, budge
         )
     r = s.race
     return {
+        "lrgate": lrgate.__version__,
         "task": name,
         "seed": seed,
         "stage": stage,

@@ -112,6 +112,19 @@ def test_in_a_compressed_rung_a_higher_lr_within_one_standard_error_goes_first()
     assert standard_error(2.5, 200) == 0.0  # not a proportion: no tie
 
 
+def test_a_compressed_rung_keeps_the_next_higher_lr_above_its_best_for_a_longer_trial():
+    # The short trials rank 1e-2 first and 1e-1 (the lr above it) last but one: a longer trial judges it.
+    trials = [_trial(1e-3, 0.5, 0.90), _trial(1e-2, 0.3, 0.93), _trial(1e-1, 0.6, 0.85), _trial(1.0, 2.0, 0.30)]
+    assert survivors(trials, 2, "accuracy") == [1e-2, 1e-3]  # a rung as long as the stage: the plain ranking
+    assert survivors(trials, 2, "accuracy", compressed=True) == [1e-2, 1e-1]
+    assert survivors(trials, 3, "accuracy", compressed=True) == [1e-2, 1e-3, 1e-1]
+    assert survivors(trials, 1, "accuracy", compressed=True) == [1e-2]  # keeping one: the best alone
+    diverged = [*trials[:2], _trial(1e-1, float("nan"))]
+    assert survivors(diverged, 2, "accuracy", compressed=True) == [1e-2, 1e-3]  # not a diverged one
+    top = [_trial(1e-2, 0.5, 0.80), _trial(1e-1, 0.3, 0.93)]
+    assert survivors(top, 2, "accuracy", compressed=True) == [1e-1, 1e-2]  # nothing above the best
+
+
 def test_when_every_trial_diverged_the_lowest_lr_wins_with_a_warning():
     winner, warnings = pick_winner([_trial(1e-1, float("nan")), _trial(1e-2, float("inf"))], "valid_loss")
     assert winner == 1e-2 and "diverged" in warnings[0]

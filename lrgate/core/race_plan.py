@@ -33,6 +33,11 @@ RANGE_TESTS_FLOOR = 2.0  # on data so small that one training is shorter, the bu
 # The curve rules whose lowest pick starts the candidates' span: the three with the lowest regret on the tuning
 # split (lrgate's bowl, fastai's minimum and slide); any that cannot read the curve is skipped.
 SPAN_RULES = ("bowl", "minimum", "slide")
+# Compressed trials favour low lrs (short-horizon bias): within this many standard errors of the best metric a
+# compressed rung counts trials as level and ranks the higher lr first, and it keeps the next higher lr above its
+# best for the next, longer rung.
+TIE_STANDARD_ERRORS = 1.0
+KEEP_UPPER_NEIGHBOUR = True
 LOWER_IS_BETTER = ("valid_loss", "error_rate", "top_k_error", "perplexity")
 
 
@@ -275,19 +280,28 @@ def ranking_key(trial: Trial, score: str):
     return (0, value if lower_is_better(score) else -value, trial.valid_loss)
 
 
-def survivors(trials: Sequence[Trial], keep: int, score: str, tie: float = 0.0) -> list[float]:
+def survivors(
+    trials: Sequence[Trial], keep: int, score: str, tie: float = 0.0, compressed: bool = False
+) -> list[float]:
     """The lrs of the best ``keep`` trials of one rung, best first.
 
-    With ``tie`` > 0 (a metric's standard error, for trials shorter than the stage), trials whose metric lies
+    With ``tie`` > 0 (a metric's standard errors, for trials shorter than the stage), trials whose metric lies
     within ``tie`` of the best count as level, and among them the higher lr goes first: a schedule compressed to a
-    few iterations is harder on high lrs than the stage's whole schedule is (short-horizon bias).
+    few iterations is harder on high lrs than the stage's whole schedule is (short-horizon bias). For the same
+    reason a ``compressed`` rung that keeps two or more always keeps the next higher lr above its best (unless it
+    diverged): a longer trial, not a short one, judges it.
     """
     ranked = sorted(trials, key=lambda t: ranking_key(t, score))
     best = ranked[0]
     if tie > 0 and ranking_key(best, score)[0] == 0 and score != "valid_loss":
         level = [t for t in ranked if ranking_key(t, score)[0] == 0 and abs(t.metric - best.metric) <= tie]
         ranked = sorted(level, key=lambda t: -t.lr) + [t for t in ranked if t not in level]
-    return [t.lr for t in ranked[:keep]]
+    kept = [t.lr for t in ranked[:keep]]
+    if compressed and KEEP_UPPER_NEIGHBOUR and keep >= 2 and ranking_key(ranked[0], score)[0] == 0:
+        above = sorted((t for t in trials if t.lr > kept[0] and not t.diverged), key=lambda t: t.lr)
+        if above and above[0].lr not in kept:
+            kept[-1] = above[0].lr
+    return kept
 
 
 def pick_winner(

@@ -26,6 +26,7 @@ from fastai.callback.core import Callback, CancelTrainException
 from fastai.learner import Learner
 from fastcore.foundation import L
 
+from lrgate.core import race_plan
 from lrgate.core.race_plan import (
     Race,
     Trial,
@@ -235,7 +236,9 @@ def race(
             trials += rung_trials
             tie = _tie(rung_trials, rung.iterations, stage_iterations, score, n_valid)
             if k + 1 < len(plan.rungs):
-                alive = survivors(rung_trials, plan.rungs[k + 1].candidates, score, tie)
+                alive = survivors(
+                    rung_trials, plan.rungs[k + 1].candidates, score, tie, rung.iterations < stage_iterations
+                )
         winner, warnings = pick_winner(rung_trials, score, tie, every=trials)
     finally:
         snapshot.restore(learn)
@@ -300,7 +303,7 @@ def _tie(trials: list[Trial], iterations: int, stage_iterations: int, score: str
     metrics = [m for m in (t.scored(score) for t in trials) if m is not None]
     if iterations >= stage_iterations or score == "valid_loss" or not metrics:
         return 0.0
-    return standard_error(max(metrics), n_valid)
+    return race_plan.TIE_STANDARD_ERRORS * standard_error(max(metrics), n_valid)
 
 
 def _metric_text(score: str, metric: float | None) -> str:
