@@ -34,7 +34,8 @@ LATER_SPLITS = {
     "fresh": "split-fresh.json",  # fixed after the 0.2 default was chosen
     "third": "split-third.json",  # fixed before the race's parameters were chosen
     "fourth": "split-fourth.json",  # fixed before it was recorded, with 0.4.0's race unchanged
-    "fifth": "split-fifth.json",  # fixed before any change to 0.4.0's race was chosen; recorded, not yet raced
+    "fifth": "split-fifth.json",  # fixed before any change to 0.4.0's race was chosen; the first judge of 0.6.0
+    "sixth": "split-sixth.json",  # fixed after 0.6.0 was judged, before any later change was chosen
 }
 STAGES = ("frozen", "unfrozen")
 
@@ -78,8 +79,8 @@ class Benchmark:
         """The (task, seed) curves of ``split``: ``tuning``, ``held_out`` (everything not tuning), ``new_tasks``
         (the held-out split's whole tasks only), ``all`` (the first six tasks), ``fresh`` (the tasks of
         ``split-fresh.json``, recorded after the default was fixed), ``third`` (``split-third.json``, recorded
-        after the race's parameters were fixed), ``fourth`` (``split-fourth.json``, likewise) or ``fifth``
-        (``split-fifth.json``)."""
+        after the race's parameters were fixed), ``fourth`` (``split-fourth.json``, likewise), ``fifth``
+        (``split-fifth.json``) or ``sixth`` (``split-sixth.json``)."""
         every = [(t, s) for t in self.split["tasks"] for s in self.split["seeds"]]
         tuning = [(t, s) for t in self.split["tuning"]["tasks"] for s in self.split["tuning"]["seeds"]]
         new = [(t, s) for t, s in every if t in self.split["held_out"]["tasks"]]
