@@ -34,10 +34,9 @@ RANGE_TESTS_FLOOR = 2.0  # on data so small that one training is shorter, the bu
 # split (lrgate's bowl, fastai's minimum and slide); any that cannot read the curve is skipped.
 SPAN_RULES = ("bowl", "minimum", "slide")
 # Compressed trials favour low lrs (short-horizon bias): within this many standard errors of the best metric a
-# compressed rung counts trials as level and ranks the higher lr first, and it keeps the next higher lr above its
-# best for the next, longer rung.
+# compressed rung counts trials as level and ranks the higher lr first (2 leaned too far on the third split), and it
+# keeps the next higher lr above its best for the next, longer rung (survivors).
 TIE_STANDARD_ERRORS = 1.0
-KEEP_UPPER_NEIGHBOUR = True
 LOWER_IS_BETTER = ("valid_loss", "error_rate", "top_k_error", "perplexity")
 
 
@@ -297,7 +296,7 @@ def survivors(
         level = [t for t in ranked if ranking_key(t, score)[0] == 0 and abs(t.metric - best.metric) <= tie]
         ranked = sorted(level, key=lambda t: -t.lr) + [t for t in ranked if t not in level]
     kept = [t.lr for t in ranked[:keep]]
-    if compressed and KEEP_UPPER_NEIGHBOUR and keep >= 2 and ranking_key(ranked[0], score)[0] == 0:
+    if compressed and keep >= 2 and ranking_key(ranked[0], score)[0] == 0:
         above = sorted((t for t in trials if t.lr > kept[0] and not t.diverged), key=lambda t: t.lr)
         if above and above[0].lr not in kept:
             kept[-1] = above[0].lr

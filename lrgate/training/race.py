@@ -26,8 +26,8 @@ from fastai.callback.core import Callback, CancelTrainException
 from fastai.learner import Learner
 from fastcore.foundation import L
 
-from lrgate.core import race_plan
 from lrgate.core.race_plan import (
+    TIE_STANDARD_ERRORS,
     Race,
     Trial,
     affordable,
@@ -303,7 +303,7 @@ def _tie(trials: list[Trial], iterations: int, stage_iterations: int, score: str
     metrics = [m for m in (t.scored(score) for t in trials) if m is not None]
     if iterations >= stage_iterations or score == "valid_loss" or not metrics:
         return 0.0
-    return race_plan.TIE_STANDARD_ERRORS * standard_error(max(metrics), n_valid)
+    return TIE_STANDARD_ERRORS * standard_error(max(metrics), n_valid)
 
 
 def _metric_text(score: str, metric: float | None) -> str:
