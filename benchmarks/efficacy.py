@@ -537,7 +537,7 @@ def main(argv: list[str] | None = None) -> int:
     s = sub.add_parser("score", help="score every method from the saved data (no training)")
     s.add_argument(
         "--split",
-        choices=("held_out", "new_tasks", "fresh", "third", "fourth", "fifth", "sixth", "tuning", "all"),
+        choices=("held_out", "new_tasks", *scoring.LATER_SPLITS, "tuning", "all"),
         default="held_out",
     )
     s.add_argument("--plot", type=Path, help="write the regret plot (PNG) here")

@@ -159,13 +159,15 @@ def test_recording_runs_in_chunks_and_resumes_without_redoing_results(trains, tm
 # ---------------------------------------------------------------- the race, and the third split (split-third.json)
 
 RACE = "race (budget 1)"
-HELD_OUT_SPLITS = ("held_out", "fresh", "third")
+HELD_OUT_SPLITS = ("held_out", "fresh", "third")  # the first three, as 0.4.0 was first judged
+EVERY_HELD_OUT_SPLIT = (*HELD_OUT_SPLITS, "fourth", "fifth")
 
 
 @pytest.fixture(scope="module")
 def raced(bench) -> dict[str, pd.DataFrame]:
+    """Each raced held-out split's table, scored once for every test that reads it."""
     extra = efficacy.race_methods(DATA)
-    return {split: efficacy.score_table(bench, split, extra=extra) for split in HELD_OUT_SPLITS}
+    return {split: efficacy.score_table(bench, split, extra=extra) for split in EVERY_HELD_OUT_SPLIT}
 
 
 @pytest.mark.parametrize("key", ["third", "fourth", "fifth", "sixth"])
@@ -184,7 +186,7 @@ def test_a_later_split_is_new_tasks_and_new_seeds_only_and_fully_recorded(bench,
 
 def test_the_race_is_recorded_for_every_held_out_curve_with_its_cost(bench):
     race = efficacy.race_methods(DATA)[RACE]
-    for split in (*HELD_OUT_SPLITS, "fourth", "fifth", "tuning"):
+    for split in (*EVERY_HELD_OUT_SPLIT, "tuning"):
         assert race.covers(bench.pairs(split)), split
     assert all(cost > 0 for cost in race.costs.values())
 
@@ -215,23 +217,23 @@ def test_on_the_third_split_the_race_beats_the_fixed_lr_in_hindsight_on_both_sta
         assert mean.loc[RACE, f"{stage} mean"] < mean.loc[efficacy.HINDSIGHT, f"{stage} mean"], stage
 
 
-def test_on_the_fourth_split_the_race_wins_before_unfreeze_and_not_after(bench):
+def test_on_the_fourth_split_the_race_wins_before_unfreeze_and_not_after(raced):
     # split-fourth.json was committed before it was recorded, with 0.4.0's race; 0.6.0 was not tried on it before
     # it was chosen. README, "How far from the target": before unfreeze the race beats every curve rule and the
     # hindsight lr; after, slide and the hindsight lr beat it (so the README must change if this does)
-    mean = efficacy.summary(efficacy.score_table(bench, "fourth", extra=efficacy.race_methods(DATA)))
+    mean = efficacy.summary(raced["fourth"])
     frozen, unfrozen = mean["frozen mean"], mean["unfrozen mean"]
     assert frozen[RACE] < min(frozen[name] for name in [*_curve_rules(), efficacy.HINDSIGHT])
     assert unfrozen[RACE] < unfrozen["lrgate default (bowl)"]
     assert unfrozen[RACE] > unfrozen["fastai slide"] and unfrozen[RACE] > unfrozen[efficacy.HINDSIGHT]
 
 
-def test_on_the_fifth_split_the_race_wins_after_unfreeze_and_misses_slide_before(bench):
+def test_on_the_fifth_split_the_race_wins_after_unfreeze_and_misses_slide_before(raced):
     # split-fifth.json was committed before 0.6.0's change was chosen, recorded before it was committed and raced
     # after: the first split that judges 0.6.0. README, "How far from the target": after unfreeze the race beats
     # every curve rule and the hindsight lr; before, it beats the default and the hindsight lr, and fastai's slide
     # is level with it (one photos curve cost the race 33.5 points)
-    mean = efficacy.summary(efficacy.score_table(bench, "fifth", extra=efficacy.race_methods(DATA)))
+    mean = efficacy.summary(raced["fifth"])
     frozen, unfrozen = mean["frozen mean"], mean["unfrozen mean"]
     assert unfrozen[RACE] < min(unfrozen[name] for name in [*_curve_rules(), efficacy.HINDSIGHT])
     assert frozen[RACE] < min(frozen["lrgate default (bowl)"], frozen[efficacy.HINDSIGHT])
@@ -240,12 +242,9 @@ def test_on_the_fifth_split_the_race_wins_after_unfreeze_and_misses_slide_before
 
 @pytest.mark.parametrize("stage", efficacy.STAGES)
 def test_over_all_five_held_out_splits_the_race_beats_every_curve_rule_and_the_hindsight_lr(bench, raced, stage):
-    splits = (*HELD_OUT_SPLITS, "fourth", "fifth")
-    tables = [raced[split] for split in HELD_OUT_SPLITS]
-    tables += [efficacy.score_table(bench, split, extra=efficacy.race_methods(DATA)) for split in ("fourth", "fifth")]
-    pooled = pd.concat(tables)
+    pooled = pd.concat(raced[split] for split in EVERY_HELD_OUT_SPLIT)
     pooled = pooled[pooled["stage"] == stage]
-    assert (pooled["method"] == RACE).sum() == sum(len(bench.pairs(split)) for split in splits) == 61
+    assert (pooled["method"] == RACE).sum() == sum(len(bench.pairs(split)) for split in EVERY_HELD_OUT_SPLIT) == 61
     mean = pooled.groupby("method")["regret"].mean()  # each split's own hindsight lr, pooled like the race
     assert mean[RACE] < min(mean[name] for name in [*_curve_rules(), efficacy.HINDSIGHT])
 
@@ -253,7 +252,7 @@ def test_over_all_five_held_out_splits_the_race_beats_every_curve_rule_and_the_h
 @pytest.mark.parametrize("stage", efficacy.STAGES)
 def test_over_every_held_out_curve_the_race_beats_every_curve_rule(bench, raced, stage):
     # the first three held-out splits (31 curves), as 0.4.0 was first judged
-    pooled = pd.concat(raced.values())
+    pooled = pd.concat(raced[split] for split in HELD_OUT_SPLITS)
     pooled = pooled[pooled["stage"] == stage]
     assert (pooled["method"] == RACE).sum() == sum(len(bench.pairs(split)) for split in HELD_OUT_SPLITS)
     mean = pooled.groupby("method")["regret"].mean()

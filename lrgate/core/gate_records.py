@@ -48,7 +48,7 @@ class _Record(BaseModel):
     @classmethod
     def _known_version(cls, data: Any) -> Any:
         version = data.get("schema_version") if isinstance(data, dict) else None
-        if version is not None and not (isinstance(version, int) and not isinstance(version, bool)):
+        if version is not None and (isinstance(version, bool) or not isinstance(version, int)):
             raise ValueError(f"schema_version {version!r} is not a whole number")
         if version is not None and version > SCHEMA_VERSION:
             raise ValueError(f"schema_version {version} is newer than this lrgate reads ({SCHEMA_VERSION})")

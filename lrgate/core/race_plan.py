@@ -292,11 +292,12 @@ def survivors(
     """
     ranked = sorted(trials, key=lambda t: ranking_key(t, score))
     best = ranked[0]
-    if tie > 0 and ranking_key(best, score)[0] == 0 and score != "valid_loss":
+    finite = ranking_key(best, score)[0] == 0
+    if tie > 0 and finite and score != "valid_loss":
         level = [t for t in ranked if ranking_key(t, score)[0] == 0 and abs(t.metric - best.metric) <= tie]
         ranked = sorted(level, key=lambda t: -t.lr) + [t for t in ranked if t not in level]
     kept = [t.lr for t in ranked[:keep]]
-    if compressed and keep >= 2 and ranking_key(ranked[0], score)[0] == 0:
+    if compressed and keep >= 2 and finite:
         above = sorted((t for t in trials if t.lr > kept[0] and not t.diverged), key=lambda t: t.lr)
         if above and above[0].lr not in kept:
             kept[-1] = above[0].lr

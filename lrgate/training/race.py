@@ -234,11 +234,10 @@ def race(
                 shown = "diverged" if trial.diverged else f"valid_loss {loss:.4g}"
                 log(f"race rung {k}: lr {lr:.2e}, {rung.iterations} it: {shown}" + _metric_text(score, metric))
             trials += rung_trials
-            tie = _tie(rung_trials, rung.iterations, stage_iterations, score, n_valid)
+            compressed = rung.iterations < stage_iterations
+            tie = _tie(rung_trials, compressed, score, n_valid)
             if k + 1 < len(plan.rungs):
-                alive = survivors(
-                    rung_trials, plan.rungs[k + 1].candidates, score, tie, rung.iterations < stage_iterations
-                )
+                alive = survivors(rung_trials, plan.rungs[k + 1].candidates, score, tie, compressed)
         winner, warnings = pick_winner(rung_trials, score, tie, every=trials)
     finally:
         snapshot.restore(learn)
@@ -297,11 +296,12 @@ def race_suggestion(
     )
 
 
-def _tie(trials: list[Trial], iterations: int, stage_iterations: int, score: str, n_valid: int) -> float:
-    """How close a compressed rung's metrics must be to count as level: one standard error of the best; 0 for
+def _tie(trials: list[Trial], compressed: bool, score: str, n_valid: int) -> float:
+    """How close a compressed rung's metrics must be to count as level: ``TIE_STANDARD_ERRORS`` standard errors of
+    the best; 0 for
     trials as long as the stage (no short-horizon bias to lean against) or a loss."""
     metrics = [m for m in (t.scored(score) for t in trials) if m is not None]
-    if iterations >= stage_iterations or score == "valid_loss" or not metrics:
+    if not compressed or score == "valid_loss" or not metrics:
         return 0.0
     return TIE_STANDARD_ERRORS * standard_error(max(metrics), n_valid)
 
