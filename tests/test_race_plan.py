@@ -19,6 +19,7 @@ from lrgate.core.race_plan import (
     pick_winner,
     plan_rungs,
     rule_picks,
+    runaway_loss,
     standard_error,
     survivors,
 )
@@ -114,7 +115,7 @@ def test_in_a_compressed_rung_a_higher_lr_within_one_standard_error_goes_first()
 
 def test_a_compressed_rung_keeps_the_next_higher_lr_above_its_best_for_a_longer_trial():
     # The short trials rank 1e-2 first and 1e-1 (the lr above it) last but one: a longer trial judges it.
-    trials = [_trial(1e-3, 0.5, 0.90), _trial(1e-2, 0.3, 0.93), _trial(1e-1, 0.6, 0.85), _trial(1.0, 2.0, 0.30)]
+    trials = [_trial(1e-3, 0.5, 0.90), _trial(1e-2, 0.35, 0.93), _trial(1e-1, 0.4, 0.85), _trial(1.0, 2.0, 0.30)]
     assert survivors(trials, 2, "accuracy") == [1e-2, 1e-3]  # a rung as long as the stage: the plain ranking
     assert survivors(trials, 2, "accuracy", compressed=True) == [1e-2, 1e-1]
     assert survivors(trials, 3, "accuracy", compressed=True) == [1e-2, 1e-3, 1e-1]
@@ -123,6 +124,21 @@ def test_a_compressed_rung_keeps_the_next_higher_lr_above_its_best_for_a_longer_
     assert survivors(diverged, 2, "accuracy", compressed=True) == [1e-2, 1e-3]  # not a diverged one
     top = [_trial(1e-2, 0.5, 0.80), _trial(1e-1, 0.3, 0.93)]
     assert survivors(top, 2, "accuracy", compressed=True) == [1e-1, 1e-2]  # nothing above the best
+
+
+def test_a_trial_whose_loss_ran_away_ranks_after_the_others_and_is_neither_level_nor_kept_above_the_best():
+    # The fifth split's photos task under 0.6.0 (16-iteration trials): 1e-3 and 0.1 level on accuracy, but 0.1's
+    # loss is four times 1e-3's, and 0.32 (loss 16.6) went on as the upper neighbour and won on accuracy.
+    trials = [_trial(1e-3, 1.1, 0.56), _trial(1e-2, 1.3, 0.50), _trial(0.1, 4.9, 0.55), _trial(0.32, 16.6, 0.57)]
+    se = standard_error(0.57, 1000)
+    assert runaway_loss(trials) == pytest.approx(1.65)
+    assert survivors(trials, 1, "accuracy") == [1e-3]  # 0.32 scored best, but its loss ran away
+    assert survivors(trials, 4, "accuracy") == [1e-3, 1e-2, 0.32, 0.1]  # ran away: after every sound trial
+    assert survivors(trials, 2, "accuracy", tie=se, compressed=True) == [1e-3, 1e-2]  # no runaway neighbour
+    assert pick_winner(trials, "accuracy", tie=se)[0] == 1e-3
+    sound = [_trial(1e-3, 1.1, 0.56), _trial(1e-2, 1.6, 0.58)]  # under 1.5 times the best loss: not run away
+    assert survivors(sound, 1, "accuracy") == [1e-2]
+    assert runaway_loss([_trial(1e-1, float("nan"))]) == math.inf
 
 
 def test_when_every_trial_diverged_the_lowest_lr_wins_with_a_warning():

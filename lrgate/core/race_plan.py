@@ -37,6 +37,12 @@ SPAN_RULES = ("bowl", "minimum", "slide")
 # compressed rung counts trials as level and ranks the higher lr first (2 leaned too far on the third split), and it
 # keeps the next higher lr above its best for the next, longer rung (survivors).
 TIE_STANDARD_ERRORS = 1.0
+# A trial whose validation loss is more than this many times its rung's best has run away: its lr is blowing the
+# model up, even where its accuracy still looks level or better (confident mistakes cost little accuracy and much
+# loss). It ranks after every trial whose loss has not, is never level, and is not the upper neighbour a compressed
+# rung keeps. Since 0.7.0, chosen on the tuning, third and fifth splits (0.6.0 sent a trial at loss 16.6 on, and it
+# won on accuracy: 33.5 points lost; 1.5 rather than 2 also stops a winner at loss 1.19 against 0.70: 13.5 points).
+LOSS_RUNAWAY = 1.5
 LOWER_IS_BETTER = ("valid_loss", "error_rate", "top_k_error", "perplexity")
 
 
@@ -271,12 +277,24 @@ def lower_is_better(score: str) -> bool:
     return score in LOWER_IS_BETTER or score.endswith(("_loss", "error"))
 
 
-def ranking_key(trial: Trial, score: str):
-    """Sort key, best first: finite losses before diverged ones, then the score, then the validation loss."""
+OK, RUNAWAY, DIVERGED = 0, 1, 2  # a trial's standing, the first item of its ranking key
+
+
+def ranking_key(trial: Trial, score: str, runaway: float = math.inf):
+    """Sort key, best first: trials whose validation loss stays within ``runaway``, then those above it, then
+    diverged ones (or with no score); within each, the score, then the validation loss."""
     value = trial.scored(score)
     if value is None:
-        return (1, math.inf, math.inf)
-    return (0, value if lower_is_better(score) else -value, trial.valid_loss)
+        return (DIVERGED, math.inf, math.inf)
+    standing = OK if trial.valid_loss <= runaway else RUNAWAY
+    return (standing, value if lower_is_better(score) else -value, trial.valid_loss)
+
+
+def runaway_loss(trials: Sequence[Trial]) -> float:
+    """The validation loss above which a trial of this rung has run away: ``LOSS_RUNAWAY`` times the rung's best
+    finite one (infinite when none is finite)."""
+    losses = [t.valid_loss for t in trials if not t.diverged]
+    return LOSS_RUNAWAY * min(losses) if losses else math.inf
 
 
 def survivors(
@@ -288,17 +306,19 @@ def survivors(
     within ``tie`` of the best count as level, and among them the higher lr goes first: a schedule compressed to a
     few iterations is harder on high lrs than the stage's whole schedule is (short-horizon bias). For the same
     reason a ``compressed`` rung that keeps two or more always keeps the next higher lr above its best (unless it
-    diverged): a longer trial, not a short one, judges it.
+    diverged): a longer trial, not a short one, judges it. A trial whose loss ran away (:data:`LOSS_RUNAWAY`) ranks
+    after the others, is never level and is not that upper neighbour.
     """
-    ranked = sorted(trials, key=lambda t: ranking_key(t, score))
+    runaway = runaway_loss(trials)
+    ranked = sorted(trials, key=lambda t: ranking_key(t, score, runaway))
     best = ranked[0]
-    finite = ranking_key(best, score)[0] == 0
-    if tie > 0 and finite and score != "valid_loss":
-        level = [t for t in ranked if ranking_key(t, score)[0] == 0 and abs(t.metric - best.metric) <= tie]
+    sound = ranking_key(best, score, runaway)[0] == OK
+    if tie > 0 and sound and score != "valid_loss":
+        level = [t for t in ranked if ranking_key(t, score, runaway)[0] == OK and abs(t.metric - best.metric) <= tie]
         ranked = sorted(level, key=lambda t: -t.lr) + [t for t in ranked if t not in level]
     kept = [t.lr for t in ranked[:keep]]
-    if compressed and keep >= 2 and finite:
-        above = sorted((t for t in trials if t.lr > kept[0] and not t.diverged), key=lambda t: t.lr)
+    if compressed and keep >= 2 and sound:
+        above = sorted((t for t in trials if t.lr > kept[0] and t.valid_loss <= runaway), key=lambda t: t.lr)
         if above and above[0].lr not in kept:
             kept[-1] = above[0].lr
     return kept
@@ -309,10 +329,10 @@ def pick_winner(
 ) -> tuple[float, tuple[str, ...]]:
     """The best trial's lr of the last rung (see :func:`survivors` for ``tie``). When all of it diverged, its lowest
     lr; when ``every`` trial of the race diverged, the lowest lr tried; either with a warning."""
-    if all(ranking_key(t, score)[0] == 1 for t in every or last_rung):
+    if all(ranking_key(t, score)[0] == DIVERGED for t in every or last_rung):
         low = min(t.lr for t in every or last_rung)
         return low, (f"every candidate's trial diverged or scored no {score}: fell back to the lowest, {low:.2e}",)
-    if all(ranking_key(t, score)[0] == 1 for t in last_rung):
+    if all(ranking_key(t, score)[0] == DIVERGED for t in last_rung):
         low = min(t.lr for t in last_rung)
         return low, (f"every trial of the last rung diverged or scored no {score}: kept its lowest, {low:.2e}",)
     return survivors(last_rung, 1, score, tie)[0], ()
