@@ -13,8 +13,9 @@ For each task (data set x pretrained body x optimiser x batch size) and seed it 
 5. the unfrozen grid: ``fit_one_cycle(epochs, slice(hi / 10, hi))`` for every ``hi`` of ``UNFROZEN_GRID``.
 
 ``race`` runs lrgate's race (:mod:`lrgate.training.race`) on each recorded curve, from the same start as that
-curve's grid, at a budget in trainings of the stage, and records its winner and cost in ``races.csv``; scoring
-looks the winner up on the grid like any other method's lr.
+curve's grid, at a budget in trainings of the stage, and records its winner and cost in ``races.csv`` and its
+whole record (every trial's lr, length, loss and metric, by rung) in ``race_trials.jsonl``; scoring looks the winner
+up on the grid like any other method's lr.
 
 Every result is appended to the data files in ``benchmarks/efficacy/`` as soon as it exists (atomic rewrites), and
 a rerun skips what is there: stop it at any time, or give it ``--max-minutes`` and run it again for the next chunk.
@@ -28,6 +29,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -415,8 +417,11 @@ def record_task(name: str, seeds: list[int], all_seeds: list[int], rec: Recorder
     return True
 
 
-def race_curve(bench: scoring.Benchmark, name: str, seed: int, stage: str, budget: float, work: Path) -> dict:
-    """Race on one recorded curve, from the start its grid trained from; the row for ``races.csv``."""
+def race_curve(
+    bench: scoring.Benchmark, name: str, seed: int, stage: str, budget: float, work: Path
+) -> tuple[dict, dict]:
+    """Race on one recorded curve, from the start its grid trained from: the row for ``races.csv``, and the
+    race's whole record (every trial, by rung) for ``race_trials.jsonl``."""
     if stage == "frozen":
         learn = make_learner(name, seed, work)
     else:
@@ -430,7 +435,7 @@ def race_curve(bench: scoring.Benchmark, name: str, seed: int, stage: str, budge
             learn, s, (lrs, losses), epochs=TASKS[name].epochs, range_test_iterations=100, budget=budget, log=noop
         )
     r = s.race
-    return {
+    row = {
         "lrgate": lrgate.__version__,
         "task": name,
         "seed": seed,
@@ -444,6 +449,8 @@ def race_curve(bench: scoring.Benchmark, name: str, seed: int, stage: str, budge
         "trainings": f"{r.cost_in_trainings:.3f}",
         "seconds": f"{r.seconds:.2f}",
     }
+    key = {k: row[k] for k in ("lrgate", "task", "seed", "stage", "budget")}
+    return row, {**key, **r.to_dict()}
 
 
 def noop(_: str) -> None:
@@ -465,8 +472,10 @@ def race(args: argparse.Namespace) -> int:
                 if raced and time.monotonic() > deadline:  # every chunk races at least once
                     print(f"chunk time ({args.max_minutes:g} min) is up: run the same command again to go on")
                     return 0
-                row = race_curve(bench, name, seed, stage, budget, args.work)
+                row, record = race_curve(bench, name, seed, stage, budget, args.work)
                 raced += 1
+                with open(args.data / scoring.RACE_TRIALS_FILE, "a") as trials:  # first: a crash leaves no row
+                    trials.write(json.dumps(record) + "\n")  # without its trials (a rerun's line comes last)
                 rows.append(row)
                 write_rows(path, RACE_FIELDS, rows)
                 print(

@@ -28,6 +28,7 @@ from lrgate.operations.report import markdown_table
 GRID_FILE = "grid.csv"
 RANGE_FILE = "range_tests.csv"
 RACE_FILE = "races.csv"  # the race's winner and cost per curve and budget (benchmarks/efficacy.py race)
+RACE_TRIALS_FILE = "race_trials.jsonl"  # each race's whole record (its trials by rung), a line per races.csv row
 SPLIT_FILE = "split.json"
 # Later held-out splits, each fixed in its file before what it judges was chosen: the key it is read under, its file.
 LATER_SPLITS = {

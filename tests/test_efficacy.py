@@ -280,6 +280,11 @@ def test_the_race_records_in_chunks_and_resumes(trains, tmp_path):
     second = pd.read_csv(data / efficacy.RACE_FILE)
     assert len(second) == 2 and second.iloc[:1].equals(first)
     assert set(second["stage"]) == set(efficacy.STAGES)
+    records = [json.loads(line) for line in (data / efficacy.RACE_TRIALS_FILE).read_text().splitlines()]
+    assert [(r["stage"], float(f"{r['winner']:.6g}")) for r in records] == list(
+        zip(second["stage"], second["winner"], strict=True)
+    )
+    assert all(r["trials"] and r["cost"]["iterations"] == sum(t["iterations"] for t in r["trials"]) for r in records)
 
 
 def test_the_own_seed_grid_is_each_curves_own_best_and_costs_the_whole_grid(bench):
