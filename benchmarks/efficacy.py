@@ -51,6 +51,7 @@ from sklearn.datasets import load_digits, load_sample_images
 import lrgate
 from benchmarks import efficacy_scoring as scoring
 from lrgate.core.curve_file import write_curve_csv
+from lrgate.core.errors import LrgateError
 from lrgate.core.outputs import write_text
 from lrgate.core.suggest import suggest
 from lrgate.training.efficientnet_lite0 import INPUT_MEAN, INPUT_STD
@@ -429,18 +430,20 @@ def race_curve(
         (row,) = ranges[(ranges["task"] == name) & (ranges["seed"] == seed) & (ranges["stage"] == stage)].itertuples()
         learn = start_unfrozen(name, seed, float(row.checkpoint_lr), work)
     lrs, losses = bench.curves[(name, seed, stage)]
-    s = suggest(lrs, losses, stage, n_groups=len(learn.opt.param_lists))  # the stages are suggest's states
-    with learn.no_bar():
-        s = race_suggestion(
-            learn, s, (lrs, losses), epochs=TASKS[name].epochs, range_test_iterations=100, budget=budget, log=noop
-        )
+    row = {"lrgate": lrgate.__version__, "task": name, "seed": seed, "stage": stage, "budget": f"{budget:g}"}
+    key = dict(row)
+    try:
+        s = suggest(lrs, losses, stage, n_groups=len(learn.opt.param_lists))  # the stages are suggest's states
+        with learn.no_bar():
+            s = race_suggestion(
+                learn, s, (lrs, losses), epochs=TASKS[name].epochs, range_test_iterations=100, budget=budget, log=noop
+            )
+    except LrgateError as e:  # a curve nothing can read: the gate fails, scored like a curve rule that fails there
+        stage_iterations = len(learn.dls.train) * TASKS[name].epochs
+        failed = {"score": "", "winner": "nan", "candidates": "", "iterations": 0, "stage_iterations": stage_iterations}
+        return {**row, **failed, "trainings": "0.000", "seconds": "0.00"}, {**key, "error": str(e)}
     r = s.race
-    row = {
-        "lrgate": lrgate.__version__,
-        "task": name,
-        "seed": seed,
-        "stage": stage,
-        "budget": f"{budget:g}",
+    row |= {
         "score": r.score,
         "winner": f"{r.winner:.6g}",
         "candidates": " ".join(f"{c:.3g}" for c in r.candidates),
@@ -449,7 +452,6 @@ def race_curve(
         "trainings": f"{r.cost_in_trainings:.3f}",
         "seconds": f"{r.seconds:.2f}",
     }
-    key = {k: row[k] for k in ("lrgate", "task", "seed", "stage", "budget")}
     return row, {**key, **r.to_dict()}
 
 
@@ -478,11 +480,12 @@ def race(args: argparse.Namespace) -> int:
                     trials.write(json.dumps(record) + "\n")  # without its trials (a rerun's line comes last)
                 rows.append(row)
                 write_rows(path, RACE_FIELDS, rows)
-                print(
-                    f"{name} s{seed} {stage} budget {budget:g}: winner {row['winner']} "
-                    f"({row['trainings']} trainings, {row['seconds']} s)",
-                    flush=True,
+                outcome = (
+                    f"no race, the gate fails: {record['error']}"
+                    if "error" in record
+                    else f"winner {row['winner']} ({row['trainings']} trainings, {row['seconds']} s)"
                 )
+                print(f"{name} s{seed} {stage} budget {budget:g}: {outcome}", flush=True)
     print("all raced")
     return 0
 

@@ -259,8 +259,9 @@ def test_over_every_held_out_curve_the_race_beats_every_curve_rule(bench, raced,
     assert mean[RACE] < min(mean[name] for name in _curve_rules())
 
 
-def test_the_race_records_in_chunks_and_resumes(trains, tmp_path):
-    script = _benchmark_script()
+def _race_data(tmp_path: Path) -> tuple[Path, list[str]]:
+    """A copy of the benchmark's data with one pair's curves (digits-cnn-adam-bs64, seed 0), and the arguments that
+    race it one curve a call."""
     data = tmp_path / "data"
     (data / "curves").mkdir(parents=True)
     for name in (efficacy.SPLIT_FILE, efficacy.GRID_FILE, efficacy.RANGE_FILE):
@@ -268,11 +269,26 @@ def test_the_race_records_in_chunks_and_resumes(trains, tmp_path):
     for stage in efficacy.STAGES:
         name = efficacy.curve_name("digits-cnn-adam-bs64", 0, stage)
         shutil.copy(DATA / "curves" / name, data / "curves")
-    args = ["race", "--split", "tuning", "--data", str(data), "--work", str(tmp_path / "work"), "--max-minutes", "0"]
     ranges = pd.read_csv(data / efficacy.RANGE_FILE)
     ranges[(ranges["task"] == "digits-cnn-adam-bs64") & (ranges["seed"] == 0)].to_csv(
         data / efficacy.RANGE_FILE, index=False
     )
+    return data, [
+        "race",
+        "--split",
+        "tuning",
+        "--data",
+        str(data),
+        "--work",
+        str(tmp_path / "work"),
+        "--max-minutes",
+        "0",
+    ]
+
+
+def test_the_race_records_in_chunks_and_resumes(trains, tmp_path):
+    script = _benchmark_script()
+    data, args = _race_data(tmp_path)
     script.main(args)  # a chunk whose time is up at once still races once
     first = pd.read_csv(data / efficacy.RACE_FILE)
     assert len(first) == 1 and first["trainings"].iloc[0] > 0
@@ -285,6 +301,21 @@ def test_the_race_records_in_chunks_and_resumes(trains, tmp_path):
         zip(second["stage"], second["winner"], strict=True)
     )
     assert all(r["trials"] and r["cost"]["iterations"] == sum(t["iterations"] for t in r["trials"]) for r in records)
+
+
+def test_a_curve_nothing_can_read_is_recorded_as_a_failed_gate_and_scored_as_the_worst_lr(tmp_path):
+    # the sixth split's shapes-lite0-adam-bs32 seed 12: its unfrozen range test stopped after two batches
+    script = _benchmark_script()
+    data, args = _race_data(tmp_path)
+    curve = data / "curves" / efficacy.curve_name("digits-cnn-adam-bs64", 0, "frozen")
+    curve.write_text("\n".join(curve.read_text().splitlines()[:3]) + "\n")
+    script.main(args)
+    (row,) = pd.read_csv(data / efficacy.RACE_FILE).itertuples()
+    assert row.stage == "frozen" and np.isnan(row.winner) and row.trainings == 0 and row.stage_iterations > 0
+    (record,) = (json.loads(line) for line in (data / efficacy.RACE_TRIALS_FILE).read_text().splitlines())
+    assert "needs at least 7 finite points" in record["error"]
+    race = efficacy.race_methods(data)["race (budget 1)"]
+    assert np.isnan(race.lrs[("digits-cnn-adam-bs64", 0, "frozen")])
 
 
 def test_the_own_seed_grid_is_each_curves_own_best_and_costs_the_whole_grid(bench):
