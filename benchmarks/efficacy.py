@@ -6,7 +6,8 @@
 
 For each task (data set x pretrained body x optimiser x batch size) and seed it records:
 
-1. the frozen range test (fastai ``lr_find``, the pipeline's defaults: 1e-7 to 10, 100 iterations, stop_div);
+1. the frozen range test (fastai ``lr_find``, the pipeline's defaults: 1e-7 to 10, 100 iterations, stop_div;
+   again without stop_div when it stopped too early to read, as the pipeline does);
 2. the frozen grid: ``fit_one_cycle(epochs, lr)`` from the same start for every lr of ``FROZEN_GRID``;
 3. one frozen checkpoint per task and seed, trained at the task's best frozen grid lr (mean over seeds);
 4. from that checkpoint, ``unfreeze()`` and the unfrozen range test;
@@ -51,9 +52,9 @@ from sklearn.datasets import load_digits, load_sample_images
 import lrgate
 from benchmarks import efficacy_scoring as scoring
 from lrgate.core.curve_file import write_curve_csv
-from lrgate.core.errors import LrgateError
+from lrgate.core.errors import LrgateError, ShortCurveError
 from lrgate.core.outputs import write_text
-from lrgate.core.suggest import suggest
+from lrgate.core.suggest import DEFAULT_NOISE, clean_curve, suggest
 from lrgate.training.efficientnet_lite0 import INPUT_MEAN, INPUT_STD
 from lrgate.training.models import lite0_model, lite0_splitter
 from lrgate.training.race import race_suggestion
@@ -350,6 +351,18 @@ def start_unfrozen(name: str, seed: int, checkpoint_lr: float, work: Path = WORK
     return learn
 
 
+def pipeline_range_test(learn: Learner) -> tuple[np.ndarray, np.ndarray]:
+    """The range test as the pipeline's lr-suggest runs it (:mod:`lrgate.training.stage_functions`): fastai's
+    ``lr_find`` with its early stop, and again without it when the curve stopped too early to read (a low loss, a
+    well-trained head say, passes fastai's 4x-best stop within a few noisy batches)."""
+    lrs, losses = run_range_test(learn)
+    try:
+        clean_curve(lrs, losses, DEFAULT_NOISE)
+    except ShortCurveError:
+        lrs, losses = run_range_test(learn, stop_div=False)
+    return lrs, losses
+
+
 def record_task(name: str, seeds: list[int], all_seeds: list[int], rec: Recorder) -> bool:
     """Record what is missing for one task (``seeds`` of it); False when the chunk's time ran out.
 
@@ -380,7 +393,7 @@ def record_task(name: str, seeds: list[int], all_seeds: list[int], rec: Recorder
                 learn = start(stage, seed)
                 started = time.perf_counter()
                 with learn.no_bar():
-                    lrs, losses = run_range_test(learn)
+                    lrs, losses = pipeline_range_test(learn)
                 seconds = time.perf_counter() - started
                 write_curve_csv(rec.data / "curves" / scoring.curve_name(name, seed, stage), lrs, losses)
                 rec.add_range(
