@@ -11,6 +11,7 @@ from lrgate.core.curve_file import read_curve_csv
 from lrgate.core.race_plan import (
     MAX_CANDIDATES,
     MIN_TRIAL_ITERATIONS,
+    Race,
     RaceError,
     Trial,
     affordable,
@@ -23,6 +24,7 @@ from lrgate.core.race_plan import (
     standard_error,
     survivors,
 )
+from lrgate.operations.report import race_markdown
 from tests.conftest import EXAMPLE_CURVES
 
 
@@ -161,3 +163,17 @@ def test_rule_picks_reads_each_rule_and_skips_one_that_cannot(frozen_curve):
 def frozen_curve():
     lrs, losses = read_curve_csv(EXAMPLE_CURVES / "digits_adam_bs64_frozen.csv")
     return np.asarray(lrs), np.asarray(losses)
+
+
+def test_the_reviewers_table_marks_a_trial_whose_loss_ran_away():
+    trials = (
+        Trial(0, 1e-3, 16, 1.1, 0.56, 0.1),
+        Trial(0, 0.32, 16, 16.6, 0.57, 0.1),
+        Trial(0, 1.0, 16, float("nan"), None, 0.1),
+        Trial(1, 1e-3, 48, 0.9, 0.60, 0.1),
+    )
+    race = Race((1e-3, 0.32, 1.0), trials, 1e-3, None, "accuracy", {"bowl": 0.32}, 80, 200, 0.4)
+    text = "\n".join(race_markdown(race.to_dict()))
+    assert "| 0 | 3.20e-01 | 16 | 16.6 (ran away) | 0.57 |" in text
+    assert "| 0 | 1.00e-03 | 16 | 1.1 | 0.56 |" in text and "| 0 | 1.00e+00 | 16 | diverged |" in text
+    assert "past 1.5 times its rung's best" in text
