@@ -31,6 +31,7 @@ import argparse
 import csv
 import io
 import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,7 +53,7 @@ from sklearn.datasets import load_digits, load_sample_images
 import lrgate
 from benchmarks import efficacy_scoring as scoring
 from lrgate.core.curve_file import write_curve_csv
-from lrgate.core.errors import LrgateError, ShortCurveError
+from lrgate.core.errors import CurveError, ShortCurveError
 from lrgate.core.outputs import write_text
 from lrgate.core.suggest import DEFAULT_NOISE, clean_curve, suggest
 from lrgate.training.efficientnet_lite0 import INPUT_MEAN, INPUT_STD
@@ -447,14 +448,14 @@ def race_curve(
     key = dict(row)
     try:
         s = suggest(lrs, losses, stage, n_groups=len(learn.opt.param_lists))  # the stages are suggest's states
-        with learn.no_bar():
-            s = race_suggestion(
-                learn, s, (lrs, losses), epochs=TASKS[name].epochs, range_test_iterations=100, budget=budget, log=noop
-            )
-    except LrgateError as e:  # a curve nothing can read: the gate fails, scored like a curve rule that fails there
+    except CurveError as e:  # a curve nothing can read: the gate fails, scored like a curve rule that fails there
         stage_iterations = len(learn.dls.train) * TASKS[name].epochs
         failed = {"score": "", "winner": "nan", "candidates": "", "iterations": 0, "stage_iterations": stage_iterations}
         return {**row, **failed, "trainings": "0.000", "seconds": "0.00"}, {**key, "error": str(e)}
+    with learn.no_bar():
+        s = race_suggestion(
+            learn, s, (lrs, losses), epochs=TASKS[name].epochs, range_test_iterations=100, budget=budget, log=noop
+        )
     r = s.race
     row |= {
         "score": r.score,
@@ -468,6 +469,15 @@ def race_curve(
     return row, {**key, **r.to_dict()}
 
 
+def _finite_or_none(value):
+    """``value`` with every non-finite float (a diverged trial's metric, say) as None: strict JSON."""
+    if isinstance(value, dict):
+        return {k: _finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite_or_none(v) for v in value]
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
 def noop(_: str) -> None:
     pass
 
@@ -475,8 +485,9 @@ def noop(_: str) -> None:
 def race(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     bench = scoring.load_benchmark(args.data)
-    path = args.data / scoring.RACE_FILE
+    path, trials_path = args.data / scoring.RACE_FILE, args.data / scoring.RACE_TRIALS_FILE
     rows = read_rows(path)
+    records = trials_path.read_text().splitlines(keepends=True) if trials_path.exists() else []
     deadline, raced = time.monotonic() + 60 * args.max_minutes, 0
     done = {(r["task"], int(r["seed"]), r["stage"], float(r["budget"])) for r in rows}
     for budget in args.budget:
@@ -489,8 +500,8 @@ def race(args: argparse.Namespace) -> int:
                     return 0
                 row, record = race_curve(bench, name, seed, stage, budget, args.work)
                 raced += 1
-                with open(args.data / scoring.RACE_TRIALS_FILE, "a") as trials:  # first: a crash leaves no row
-                    trials.write(json.dumps(record) + "\n")  # without its trials (a rerun's line comes last)
+                records.append(json.dumps(_finite_or_none(record), allow_nan=False) + "\n")
+                write_text(trials_path, "".join(records))  # first: no row without its trials (a rerun's comes last)
                 rows.append(row)
                 write_rows(path, RACE_FIELDS, rows)
                 outcome = (

@@ -133,14 +133,30 @@ def test_a_trial_whose_loss_ran_away_ranks_after_the_others_and_is_neither_level
     # loss is four times 1e-3's, and 0.32 (loss 16.6) went on as the upper neighbour and won on accuracy.
     trials = [_trial(1e-3, 1.1, 0.56), _trial(1e-2, 1.3, 0.50), _trial(0.1, 4.9, 0.55), _trial(0.32, 16.6, 0.57)]
     se = standard_error(0.57, 1000)
-    assert runaway_loss(trials) == pytest.approx(1.65)
+    assert runaway_loss(trials, "accuracy") == pytest.approx(1.65)
     assert survivors(trials, 1, "accuracy") == [1e-3]  # 0.32 scored best, but its loss ran away
     assert survivors(trials, 4, "accuracy") == [1e-3, 1e-2, 0.32, 0.1]  # ran away: after every sound trial
     assert survivors(trials, 2, "accuracy", tie=se, compressed=True) == [1e-3, 1e-2]  # no runaway neighbour
     assert pick_winner(trials, "accuracy", tie=se)[0] == 1e-3
     sound = [_trial(1e-3, 1.1, 0.56), _trial(1e-2, 1.6, 0.58)]  # under 1.5 times the best loss: not run away
     assert survivors(sound, 1, "accuracy") == [1e-2]
-    assert runaway_loss([_trial(1e-1, float("nan"))]) == math.inf
+    assert runaway_loss([_trial(1e-1, float("nan"))], "accuracy") == math.inf
+
+
+def test_the_upper_neighbour_a_compressed_rung_keeps_is_the_next_sound_lr_above_the_best():
+    trials = [_trial(1e-3, 1.2, 0.55), _trial(1e-2, 1.0, 0.60), _trial(0.1, 3.0, 0.59)]
+    assert survivors(trials, 2, "accuracy", compressed=True) == [1e-2, 1e-3]  # 0.1 ran away: not sent on
+    further = [*trials, _trial(0.32, 1.4, 0.50)]
+    assert survivors(further, 2, "accuracy", compressed=True) == [1e-2, 0.32]  # the next sound lr above is
+
+
+def test_the_loss_guard_reads_only_trials_with_a_score_and_only_a_positive_loss():
+    unscored = [_trial(1e-3, 0.2, None), _trial(1e-2, 0.5, 0.90), _trial(0.1, 0.6, 0.88)]
+    assert runaway_loss(unscored, "accuracy") == pytest.approx(0.75)  # not 1.5 x 0.2: that trial has no accuracy
+    assert survivors(unscored, 2, "accuracy", tie=0.05) == [0.1, 1e-2]  # both sound: level, the higher first
+    assert runaway_loss(unscored, "valid_loss") == pytest.approx(0.3)
+    assert runaway_loss([_trial(1e-3, -0.5, 0.9), _trial(1e-2, 0.1, 0.8)], "accuracy") == math.inf
+    assert runaway_loss([_trial(1e-3, 0.0, 0.9), _trial(1e-2, 0.1, 0.8)], "accuracy") == math.inf
 
 
 def test_when_every_trial_diverged_the_lowest_lr_wins_with_a_warning():

@@ -86,6 +86,12 @@ class Trial:
     def diverged(self) -> bool:
         return not math.isfinite(self.valid_loss)
 
+    @classmethod
+    def from_dict(cls, d: dict) -> Trial:
+        """A trial as :meth:`Race.to_dict` writes it (a diverged loss written as None)."""
+        loss = math.nan if d["valid_loss"] is None else d["valid_loss"]
+        return cls(d["rung"], d["lr"], d["iterations"], loss, d["metric"], d["seconds"])
+
     def scored(self, score: str) -> float | None:
         """The trial's ``score`` (``valid_loss`` or its metric); None when it diverged or has none."""
         value = self.valid_loss if score == "valid_loss" else self.metric
@@ -290,11 +296,12 @@ def ranking_key(trial: Trial, score: str, runaway: float = math.inf):
     return (standing, value if lower_is_better(score) else -value, trial.valid_loss)
 
 
-def runaway_loss(trials: Sequence[Trial]) -> float:
-    """The validation loss above which a trial of this rung has run away: ``LOSS_RUNAWAY`` times the rung's best
-    finite one (infinite when none is finite)."""
-    losses = [t.valid_loss for t in trials if not t.diverged]
-    return LOSS_RUNAWAY * min(losses) if losses else math.inf
+def runaway_loss(trials: Sequence[Trial], score: str) -> float:
+    """The validation loss above which a trial of this rung has run away: ``LOSS_RUNAWAY`` times the best loss among
+    its trials that have a ``score``; infinite (no guard) when none has, or when that loss is not positive (a loss
+    that can reach zero or below is not a cross-entropy, and a ratio says nothing there)."""
+    losses = [t.valid_loss for t in trials if t.scored(score) is not None]
+    return LOSS_RUNAWAY * min(losses) if losses and min(losses) > 0 else math.inf
 
 
 def survivors(
@@ -307,9 +314,9 @@ def survivors(
     few iterations is harder on high lrs than the stage's whole schedule is (short-horizon bias). For the same
     reason a ``compressed`` rung that keeps two or more always keeps the next higher lr above its best (unless it
     diverged): a longer trial, not a short one, judges it. A trial whose loss ran away (:data:`LOSS_RUNAWAY`) ranks
-    after the others, is never level and is not that upper neighbour.
+    after the sound ones, is never level and is not that upper neighbour: the next sound lr above the best is.
     """
-    runaway = runaway_loss(trials)
+    runaway = runaway_loss(trials, score)
     ranked = sorted(trials, key=lambda t: ranking_key(t, score, runaway))
     best = ranked[0]
     sound = ranking_key(best, score, runaway)[0] == OK

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import math
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -11,7 +10,7 @@ from typing import Any
 
 from lrgate.core.config import RunConfig
 from lrgate.core.gate_records import Decision, GateRecord, SuggestionRecord, format_value
-from lrgate.core.race_plan import LOSS_RUNAWAY
+from lrgate.core.race_plan import LOSS_RUNAWAY, Trial, runaway_loss
 from lrgate.core.run_dir import RunInfo
 
 __all__ = [
@@ -42,15 +41,13 @@ def race_markdown(race: dict[str, Any], compact: bool = False) -> list[str]:
     table, or with ``compact`` one line each (a page as narrow as Prefect's Resume form scrolls a wide table)."""
     score = race["score"]
     last_rung = max(t["rung"] for t in race["trials"])
-    best_loss = {}  # per rung: the best finite validation loss (a loss past LOSS_RUNAWAY times it ran away)
-    for t in race["trials"]:
-        if t["valid_loss"] is not None:
-            best_loss[t["rung"]] = min(best_loss.get(t["rung"], math.inf), t["valid_loss"])
+    trials = [Trial.from_dict(t) for t in race["trials"]]
+    runaway = {r: runaway_loss([t for t in trials if t.rung == r], score) for r in {t.rung for t in trials}}
     rows = []
     for t in race["trials"]:
         won = t["lr"] == race["winner"] and t["rung"] == last_rung
         loss = "diverged" if t["valid_loss"] is None else f"{t['valid_loss']:.4g}"
-        if t["valid_loss"] is not None and t["valid_loss"] > LOSS_RUNAWAY * best_loss[t["rung"]]:
+        if t["valid_loss"] is not None and t["valid_loss"] > runaway[t["rung"]]:
             loss += " (ran away)"
         metric = "" if t["metric"] is None else f"{t['metric']:.4g}"
         lr = f"**{t['lr']:.2e} (winner)**" if won else f"{t['lr']:.2e}"
@@ -69,8 +66,8 @@ def race_markdown(race: dict[str, Any], compact: bool = False) -> list[str]:
     ratio = "" if race["slice_ratio"] is None else f" Slices keep the curve's ratio, hi / {race['slice_ratio']:.3g}."
     return [
         f"**Race** (ranked by {score}; a trial whose loss ran away, past {LOSS_RUNAWAY:g} times its rung's best, "
-        f"ranks last): {len(race['candidates'])} candidates in short trials of the stage's own schedule; winner "
-        f"**{race['winner']:.2e}**.{ratio}",
+        f"ranks after every sound one): {len(race['candidates'])} candidates in short trials of the stage's own "
+        f"schedule; winner **{race['winner']:.2e}**.{ratio}",
         "",
         *trials,
         "",
