@@ -128,24 +128,35 @@ def test_a_compressed_rung_keeps_the_next_higher_lr_above_its_best_for_a_longer_
     assert survivors(top, 2, "accuracy", compressed=True) == [1e-1, 1e-2]  # nothing above the best
 
 
-def test_a_trial_whose_loss_ran_away_ranks_after_the_others_and_is_neither_level_nor_kept_above_the_best():
+def test_in_a_compressed_rung_a_trial_whose_loss_ran_away_ranks_after_the_others_and_is_never_level():
     # The fifth split's photos task under 0.6.0 (16-iteration trials): 1e-3 and 0.1 level on accuracy, but 0.1's
     # loss is four times 1e-3's, and 0.32 (loss 16.6) went on as the upper neighbour and won on accuracy.
     trials = [_trial(1e-3, 1.1, 0.56), _trial(1e-2, 1.3, 0.50), _trial(0.1, 4.9, 0.55), _trial(0.32, 16.6, 0.57)]
     se = standard_error(0.57, 1000)
     assert runaway_loss(trials, "accuracy") == pytest.approx(1.65)
-    assert survivors(trials, 1, "accuracy") == [1e-3]  # 0.32 scored best, but its loss ran away
-    assert survivors(trials, 4, "accuracy") == [1e-3, 1e-2, 0.32, 0.1]  # ran away: after every sound trial
+    assert survivors(trials, 1, "accuracy", compressed=True) == [1e-3]  # 0.32 scored best, but its loss ran away
+    ranked = survivors(trials, 4, "accuracy", compressed=True)
+    assert ranked == [1e-3, 1e-2, 0.32, 0.1]  # ran away: after every sound trial
     assert survivors(trials, 2, "accuracy", tie=se, compressed=True) == [1e-3, 1e-2]  # no runaway neighbour
-    assert pick_winner(trials, "accuracy", tie=se)[0] == 1e-3
+    assert pick_winner(trials, "accuracy", tie=se, compressed=True)[0] == 1e-3
     sound = [_trial(1e-3, 1.1, 0.56), _trial(1e-2, 1.6, 0.58)]  # under 1.5 times the best loss: not run away
-    assert survivors(sound, 1, "accuracy") == [1e-2]
+    assert survivors(sound, 1, "accuracy", compressed=True) == [1e-2]
     assert runaway_loss([_trial(1e-1, float("nan"))], "accuracy") == math.inf
+
+
+def test_a_rung_as_long_as_the_stage_ranks_by_its_metric_alone():
+    # The fresh split's textures-lite0 task: its 12-iteration stage is the trial, and 0.1, the grid's best lr, ends
+    # it with the best accuracy at twice the lowest loss
+    whole = [_trial(1e-3, 1.31, 0.465), _trial(1e-2, 1.18, 0.455), _trial(0.1, 2.54, 0.555), _trial(0.32, 26.7, 0.315)]
+    assert pick_winner(whole, "accuracy")[0] == 0.1
+    assert survivors(whole, 2, "accuracy") == [0.1, 1e-3]
+    assert pick_winner(whole, "accuracy", compressed=True)[0] == 1e-3  # the same trials, cut short: 0.1 ran away
 
 
 def test_the_upper_neighbour_a_compressed_rung_keeps_is_the_next_sound_lr_above_the_best():
     trials = [_trial(1e-3, 1.2, 0.55), _trial(1e-2, 1.0, 0.60), _trial(0.1, 3.0, 0.59)]
     assert survivors(trials, 2, "accuracy", compressed=True) == [1e-2, 1e-3]  # 0.1 ran away: not sent on
+    assert survivors(trials, 2, "accuracy") == [1e-2, 0.1]  # as long as the stage: no guard
     further = [*trials, _trial(0.32, 1.4, 0.50)]
     assert survivors(further, 2, "accuracy", compressed=True) == [1e-2, 0.32]  # the next sound lr above is
 
@@ -153,7 +164,7 @@ def test_the_upper_neighbour_a_compressed_rung_keeps_is_the_next_sound_lr_above_
 def test_the_loss_guard_reads_only_trials_with_a_score_and_only_a_positive_loss():
     unscored = [_trial(1e-3, 0.2, None), _trial(1e-2, 0.5, 0.90), _trial(0.1, 0.6, 0.88)]
     assert runaway_loss(unscored, "accuracy") == pytest.approx(0.75)  # not 1.5 x 0.2: that trial has no accuracy
-    assert survivors(unscored, 2, "accuracy", tie=0.05) == [0.1, 1e-2]  # both sound: level, the higher first
+    assert survivors(unscored, 2, "accuracy", tie=0.05, compressed=True)[0] == 0.1  # both sound: level, higher first
     assert runaway_loss(unscored, "valid_loss") == pytest.approx(0.3)
     assert runaway_loss([_trial(1e-3, -0.5, 0.9), _trial(1e-2, 0.1, 0.8)], "accuracy") == math.inf
     assert runaway_loss([_trial(1e-3, 0.0, 0.9), _trial(1e-2, 0.1, 0.8)], "accuracy") == math.inf
@@ -192,4 +203,9 @@ def test_the_reviewers_table_marks_a_trial_whose_loss_ran_away():
     text = "\n".join(race_markdown(race.to_dict()))
     assert "| 0 | 3.20e-01 | 16 | 16.6 (ran away) | 0.57 |" in text
     assert "| 0 | 1.00e-03 | 16 | 1.1 | 0.56 |" in text and "| 0 | 1.00e+00 | 16 | diverged |" in text
-    assert "past 1.5 times its rung's best" in text
+    assert "past 1.5 times the rung's best" in text
+    whole = Race(
+        (1e-3, 0.32), (*trials[:2], Trial(1, 0.32, 48, 9.0, 0.7, 0.1)), 0.32, None, "accuracy", {}, 48, 96, 0.4
+    )
+    text = "\n".join(race_markdown(whole.to_dict()))  # the last rung is the stage's own training: no guard there
+    assert "| 1 | **3.20e-01 (winner)** | 48 | 9 |" in text and "16.6 (ran away)" in text

@@ -37,11 +37,14 @@ SPAN_RULES = ("bowl", "minimum", "slide")
 # compressed rung counts trials as level and ranks the higher lr first (2 leaned too far on the third split), and it
 # keeps the next higher lr above its best for the next, longer rung (survivors).
 TIE_STANDARD_ERRORS = 1.0
-# A trial whose validation loss is more than this many times its rung's best has run away: its lr is blowing the
-# model up, even where its accuracy still looks level or better (confident mistakes cost little accuracy and much
-# loss). It ranks after every trial whose loss has not, is never level, and is not the upper neighbour a compressed
-# rung keeps. Since 0.7.0, chosen on the tuning, third and fifth splits (0.6.0 sent a trial at loss 16.6 on, and it
-# won on accuracy: 33.5 points lost; 1.5 rather than 2 also stops a winner at loss 1.19 against 0.70: 13.5 points).
+# In a compressed rung, a trial whose validation loss is more than this many times the rung's best has run away:
+# its lr is blowing the model up, even where its short trial's accuracy still looks level or better (confident
+# mistakes cost little accuracy and much loss, and the stage's longer training goes on from there). It ranks after
+# every sound trial, is never level, and is not the upper neighbour kept. A rung as long as the stage is the stage's
+# own training: its metric is the outcome, and it ranks by that alone (a guard there cost the fresh split's
+# textures-lite0 task 13 to 21 points: its best lr, 0.1, ends the whole training at twice the lowest loss). Since
+# 0.7.0, chosen on the tuning, third, fifth and fresh splits (0.6.0 sent a trial at loss 16.6 on, and it won on
+# accuracy: 33.5 points lost; 1.5 rather than 2 also stops a winner at loss 1.19 against 0.70: 13.5 points).
 LOSS_RUNAWAY = 1.5
 LOWER_IS_BETTER = ("valid_loss", "error_rate", "top_k_error", "perplexity")
 
@@ -313,10 +316,11 @@ def survivors(
     within ``tie`` of the best count as level, and among them the higher lr goes first: a schedule compressed to a
     few iterations is harder on high lrs than the stage's whole schedule is (short-horizon bias). For the same
     reason a ``compressed`` rung that keeps two or more always keeps the next higher lr above its best (unless it
-    diverged): a longer trial, not a short one, judges it. A trial whose loss ran away (:data:`LOSS_RUNAWAY`) ranks
-    after the sound ones, is never level and is not that upper neighbour: the next sound lr above the best is.
+    diverged): a longer trial, not a short one, judges it. In a ``compressed`` rung a trial whose loss ran away
+    (:data:`LOSS_RUNAWAY`) ranks after the sound ones, is never level and is not that upper neighbour: the next
+    sound lr above the best is.
     """
-    runaway = runaway_loss(trials, score)
+    runaway = runaway_loss(trials, score) if compressed else math.inf
     ranked = sorted(trials, key=lambda t: ranking_key(t, score, runaway))
     best = ranked[0]
     sound = ranking_key(best, score, runaway)[0] == OK
@@ -332,17 +336,17 @@ def survivors(
 
 
 def pick_winner(
-    last_rung: Sequence[Trial], score: str, tie: float = 0.0, every: Sequence[Trial] = ()
+    last_rung: Sequence[Trial], score: str, tie: float = 0.0, every: Sequence[Trial] = (), compressed: bool = False
 ) -> tuple[float, tuple[str, ...]]:
-    """The best trial's lr of the last rung (see :func:`survivors` for ``tie``). When all of it diverged, its lowest
-    lr; when ``every`` trial of the race diverged, the lowest lr tried; either with a warning."""
+    """The best trial's lr of the last rung (see :func:`survivors` for ``tie`` and ``compressed``). When all of it
+    diverged, its lowest lr; when ``every`` trial of the race diverged, the lowest lr tried; either with a warning."""
     if all(ranking_key(t, score)[0] == DIVERGED for t in every or last_rung):
         low = min(t.lr for t in every or last_rung)
         return low, (f"every candidate's trial diverged or scored no {score}: fell back to the lowest, {low:.2e}",)
     if all(ranking_key(t, score)[0] == DIVERGED for t in last_rung):
         low = min(t.lr for t in last_rung)
         return low, (f"every trial of the last rung diverged or scored no {score}: kept its lowest, {low:.2e}",)
-    return survivors(last_rung, 1, score, tie)[0], ()
+    return survivors(last_rung, 1, score, tie, compressed)[0], ()
 
 
 def standard_error(metric: float, n_valid: int) -> float:

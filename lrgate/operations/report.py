@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import math
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -42,7 +43,11 @@ def race_markdown(race: dict[str, Any], compact: bool = False) -> list[str]:
     score = race["score"]
     last_rung = max(t["rung"] for t in race["trials"])
     trials = [Trial.from_dict(t) for t in race["trials"]]
-    runaway = {r: runaway_loss([t for t in trials if t.rung == r], score) for r in {t.rung for t in trials}}
+    runaway = {}  # per rung; the loss guard holds in rungs shorter than the stage only (race_plan.survivors)
+    for r in {t.rung for t in trials}:
+        rung = [t for t in trials if t.rung == r]
+        compressed = rung[0].iterations < race["cost"]["stage_iterations"]
+        runaway[r] = runaway_loss(rung, score) if compressed else math.inf
     rows = []
     for t in race["trials"]:
         won = t["lr"] == race["winner"] and t["rung"] == last_rung
@@ -65,9 +70,9 @@ def race_markdown(race: dict[str, Any], compact: bool = False) -> list[str]:
     cost = race["cost"]
     ratio = "" if race["slice_ratio"] is None else f" Slices keep the curve's ratio, hi / {race['slice_ratio']:.3g}."
     return [
-        f"**Race** (ranked by {score}; a trial whose loss ran away, past {LOSS_RUNAWAY:g} times its rung's best, "
-        f"ranks after every sound one): {len(race['candidates'])} candidates in short trials of the stage's own "
-        f"schedule; winner **{race['winner']:.2e}**.{ratio}",
+        f"**Race** (ranked by {score}; in a rung shorter than the stage, a trial whose loss ran away, past "
+        f"{LOSS_RUNAWAY:g} times the rung's best, ranks after every sound one): {len(race['candidates'])} "
+        f"candidates in short trials of the stage's own schedule; winner **{race['winner']:.2e}**.{ratio}",
         "",
         *trials,
         "",

@@ -238,7 +238,7 @@ def race(
             tie = _tie(rung_trials, compressed, score, n_valid)
             if k + 1 < len(plan.rungs):
                 alive = survivors(rung_trials, plan.rungs[k + 1].candidates, score, tie, compressed)
-        winner, warnings = pick_winner(rung_trials, score, tie, every=trials)
+        winner, warnings = pick_winner(rung_trials, score, tie, every=trials, compressed=compressed)
     finally:
         snapshot.restore(learn)
     result = Race(
