@@ -209,3 +209,8 @@ def test_the_reviewers_table_marks_a_trial_whose_loss_ran_away():
     )
     text = "\n".join(race_markdown(whole.to_dict()))  # the last rung is the stage's own training: no guard there
     assert "| 1 | **3.20e-01 (winner)** | 48 | 9 |" in text and "16.6 (ran away)" in text
+
+
+def test_without_a_positive_loss_to_guard_by_a_diverged_trial_is_still_never_the_upper_neighbour():
+    trials = [_trial(1e-3, -0.2, 0.80), _trial(1e-2, -0.3, 0.85), _trial(0.1, float("inf"), 0.90)]
+    assert survivors(trials, 2, "accuracy", compressed=True) == [1e-2, 1e-3]

@@ -329,7 +329,8 @@ def survivors(
         ranked = sorted(level, key=lambda t: -t.lr) + [t for t in ranked if t not in level]
     kept = [t.lr for t in ranked[:keep]]
     if compressed and keep >= 2 and sound:
-        above = sorted((t for t in trials if t.lr > kept[0] and t.valid_loss <= runaway), key=lambda t: t.lr)
+        sound_above = (t for t in trials if t.lr > kept[0] and not t.diverged and t.valid_loss <= runaway)
+        above = sorted(sound_above, key=lambda t: t.lr)
         if above and above[0].lr not in kept:
             kept[-1] = above[0].lr
     return kept

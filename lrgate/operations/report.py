@@ -42,10 +42,10 @@ def race_markdown(race: dict[str, Any], compact: bool = False) -> list[str]:
     table, or with ``compact`` one line each (a page as narrow as Prefect's Resume form scrolls a wide table)."""
     score = race["score"]
     last_rung = max(t["rung"] for t in race["trials"])
-    trials = [Trial.from_dict(t) for t in race["trials"]]
+    parsed = [Trial.from_dict(t) for t in race["trials"]]
     runaway = {}  # per rung; the loss guard holds in rungs shorter than the stage only (race_plan.survivors)
-    for r in {t.rung for t in trials}:
-        rung = [t for t in trials if t.rung == r]
+    for r in {t.rung for t in parsed}:
+        rung = [t for t in parsed if t.rung == r]
         compressed = rung[0].iterations < race["cost"]["stage_iterations"]
         runaway[r] = runaway_loss(rung, score) if compressed else math.inf
     rows = []
