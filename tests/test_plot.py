@@ -2,10 +2,12 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from matplotlib.figure import Figure
 from PIL import Image
 
 from lrgate.core.curve_file import read_curve_csv
-from lrgate.core.plot import review_figure, save_review, save_unread_curve, unread_curve_figure
+from lrgate.core.plot import race_panel, review_figure, save_review, save_unread_curve, unread_curve_figure
+from lrgate.core.race_plan import Race, Trial
 from lrgate.core.suggest import FRAME_COLUMNS, suggest
 from tests.conftest import EXAMPLE_CURVES, bowl
 
@@ -66,3 +68,17 @@ def test_a_curve_that_cannot_be_read_still_gets_its_graph(tmp_path):
     png = save_unread_curve(lrs, losses, tmp_path / "review.png", "t")
     with Image.open(png) as im:
         assert im.format == "PNG"
+
+
+def test_the_race_panel_crosses_out_a_compressed_trial_whose_loss_ran_away():
+    trials = (
+        Trial(0, 1e-3, 16, 1.1, 0.56, 0.1),
+        Trial(0, 0.32, 16, 16.6, 0.57, 0.1),
+        Trial(1, 1e-3, 48, 0.9, 0.60, 0.1),
+        Trial(1, 1e-2, 48, 9.0, 0.55, 0.1),  # the last rung is the whole stage: no guard there
+    )
+    race = Race((1e-3, 1e-2, 0.32), trials, 1e-3, None, "accuracy", {}, 48, 96, 0.4)
+    ax = Figure().subplots()
+    race_panel(ax, race)
+    (crosses,) = [line for line in ax.get_lines() if line.get_label().startswith("loss ran away")]
+    assert list(crosses.get_xdata()) == [0.32] and list(crosses.get_ydata()) == [0.57]

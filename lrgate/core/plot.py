@@ -15,7 +15,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from lrgate.core.outputs import write_atomic
-from lrgate.core.race_plan import Race, lower_is_better
+from lrgate.core.race_plan import LOSS_RUNAWAY, Race, lower_is_better, runaway_loss
 from lrgate.core.suggest import Suggestion, warmup_points
 
 LOSS_COLOR, GRAD_COLOR = "tab:blue", "tab:orange"
@@ -91,8 +91,11 @@ def review_figure(s: Suggestion, *, show_maxima: bool = False) -> Figure:
 
 
 def race_panel(ax, race: Race) -> None:
-    """The race under the curve: each trial's score against its lr, one marker per rung, the winner ringed."""
+    """The race under the curve: each trial's score against its lr, one marker per rung, the winner ringed, and a
+    red cross on each trial of a compressed rung whose loss ran away (ranked after the sound ones whatever it
+    scored: race_plan.LOSS_RUNAWAY)."""
     lower = lower_is_better(race.score)
+    ran_away = []
     for rung in sorted({t.rung for t in race.trials}):
         trials = [t for t in race.trials if t.rung == rung]
         length = trials[0].iterations
@@ -108,6 +111,18 @@ def race_panel(ax, race: Race) -> None:
         for t in trials:
             if t.scored(race.score) is None:
                 _vertical_label(ax, "diverged", t.lr, top=False, color="tab:red")
+        if length < race.stage_iterations:
+            ran_away += [t for t in ok if t.valid_loss > runaway_loss(trials, race.score)]
+    if ran_away:
+        ax.plot(
+            [t.lr for t in ran_away],
+            [t.scored(race.score) for t in ran_away],
+            "x",
+            ms=10,
+            mew=2,
+            color="tab:red",
+            label=f"loss ran away (> {LOSS_RUNAWAY:g}x the rung's best)",
+        )
     best = race.winning_trial
     if best is not None and best.scored(race.score) is not None:
         ax.plot(
