@@ -99,7 +99,7 @@ def race_panel(ax, race: Race) -> None:
     for rung in sorted({t.rung for t in race.trials}):
         trials = [t for t in race.trials if t.rung == rung]
         length = trials[0].iterations
-        ok = [t for t in trials if t.scored(race.score) is not None]
+        ok = sorted((t for t in trials if t.scored(race.score) is not None), key=lambda t: t.lr)  # a line in lr
         ax.plot(
             [t.lr for t in ok],
             [t.scored(race.score) for t in ok],
