@@ -58,7 +58,7 @@ from lrgate.core.outputs import write_text
 from lrgate.core.suggest import DEFAULT_NOISE, clean_curve, suggest
 from lrgate.training.efficientnet_lite0 import INPUT_MEAN, INPUT_STD
 from lrgate.training.models import lite0_model, lite0_splitter
-from lrgate.training.race import race_suggestion
+from lrgate.training.race import race_suggestion, stage_length
 from lrgate.training.range_test import run_range_test
 from tests.tiny_learners import pretrained_body, three_groups, tiny_cnn
 
@@ -456,8 +456,8 @@ def race_curve(
     try:
         s = suggest(lrs, losses, stage, n_groups=len(learn.opt.param_lists))  # the stages are suggest's states
     except CurveError as e:  # a curve nothing can read: the gate fails, scored like a curve rule that fails there
-        stage_iterations = len(learn.dls.train) * TASKS[name].epochs
-        failed = {"score": "", "winner": "nan", "candidates": "", "iterations": 0, "stage_iterations": stage_iterations}
+        failed = {"score": "", "winner": "nan", "candidates": "", "iterations": 0}
+        failed["stage_iterations"] = stage_length(learn, TASKS[name].epochs)
         return {**row, **failed, "trainings": "0.000", "seconds": "0.00"}, {**key, "error": str(e)}
     with learn.no_bar():
         s = race_suggestion(

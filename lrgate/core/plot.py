@@ -15,7 +15,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from lrgate.core.outputs import write_atomic
-from lrgate.core.race_plan import LOSS_RUNAWAY, Race, lower_is_better, runaway_loss
+from lrgate.core.race_plan import LOSS_RUNAWAY, Race, lower_is_better
 from lrgate.core.suggest import Suggestion, warmup_points
 
 LOSS_COLOR, GRAD_COLOR = "tab:blue", "tab:orange"
@@ -95,7 +95,6 @@ def race_panel(ax, race: Race) -> None:
     red cross on each trial of a compressed rung whose loss ran away (ranked after the sound ones whatever it
     scored: race_plan.LOSS_RUNAWAY)."""
     lower = lower_is_better(race.score)
-    ran_away = []
     for rung in sorted({t.rung for t in race.trials}):
         trials = [t for t in race.trials if t.rung == rung]
         length = trials[0].iterations
@@ -111,12 +110,10 @@ def race_panel(ax, race: Race) -> None:
         for t in trials:
             if t.scored(race.score) is None:
                 _vertical_label(ax, "diverged", t.lr, top=False, color="tab:red")
-        if length < race.stage_iterations:
-            ran_away += [t for t in ok if t.valid_loss > runaway_loss(trials, race.score)]
-    if ran_away:
+    if away := race.ran_away:
         ax.plot(
-            [t.lr for t in ran_away],
-            [t.scored(race.score) for t in ran_away],
+            [t.lr for t in away],
+            [t.scored(race.score) for t in away],
             "x",
             ms=10,
             mew=2,

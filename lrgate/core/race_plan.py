@@ -130,6 +130,11 @@ class Race:
         return next((t for t in self.trials if t.rung == last and t.lr == self.winner), None)
 
     @property
+    def ran_away(self) -> list[Trial]:
+        """The trials whose loss ran away (:func:`ran_away`)."""
+        return ran_away(self.trials, self.score, self.stage_iterations)
+
+    @property
     def cost_in_trainings(self) -> float:
         """Iterations trained, as a share of one training of the stage."""
         return self.iterations / self.stage_iterations
@@ -305,6 +310,18 @@ def runaway_loss(trials: Sequence[Trial], score: str) -> float:
     that can reach zero or below is not a cross-entropy, and a ratio says nothing there)."""
     losses = [t.valid_loss for t in trials if t.scored(score) is not None]
     return LOSS_RUNAWAY * min(losses) if losses and min(losses) > 0 else math.inf
+
+
+def ran_away(trials: Sequence[Trial], score: str, stage_iterations: int) -> list[Trial]:
+    """The trials whose loss ran away: in each rung shorter than the stage (where the guard holds, :func:`survivors`),
+    those past its :func:`runaway_loss`."""
+    out = []
+    for rung in sorted({t.rung for t in trials}):
+        this = [t for t in trials if t.rung == rung]
+        if this[0].iterations < stage_iterations:
+            limit = runaway_loss(this, score)
+            out += [t for t in this if t.valid_loss > limit]
+    return out
 
 
 def survivors(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import math
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -11,7 +10,7 @@ from typing import Any
 
 from lrgate.core.config import RunConfig
 from lrgate.core.gate_records import Decision, GateRecord, SuggestionRecord, format_value
-from lrgate.core.race_plan import LOSS_RUNAWAY, Trial, runaway_loss
+from lrgate.core.race_plan import LOSS_RUNAWAY, Trial, ran_away
 from lrgate.core.run_dir import RunInfo
 
 __all__ = [
@@ -43,16 +42,12 @@ def race_markdown(race: dict[str, Any], compact: bool = False) -> list[str]:
     score = race["score"]
     last_rung = max(t["rung"] for t in race["trials"])
     parsed = [Trial.from_dict(t) for t in race["trials"]]
-    runaway = {}  # per rung; the loss guard holds in rungs shorter than the stage only (race_plan.survivors)
-    for r in {t.rung for t in parsed}:
-        rung = [t for t in parsed if t.rung == r]
-        compressed = rung[0].iterations < race["cost"]["stage_iterations"]
-        runaway[r] = runaway_loss(rung, score) if compressed else math.inf
+    away = {(t.rung, t.lr) for t in ran_away(parsed, score, race["cost"]["stage_iterations"])}
     rows = []
     for t in race["trials"]:
         won = t["lr"] == race["winner"] and t["rung"] == last_rung
         loss = "diverged" if t["valid_loss"] is None else f"{t['valid_loss']:.4g}"
-        if t["valid_loss"] is not None and t["valid_loss"] > runaway[t["rung"]]:
+        if (t["rung"], t["lr"]) in away:
             loss += " (ran away)"
         metric = "" if t["metric"] is None else f"{t['metric']:.4g}"
         lr = f"**{t['lr']:.2e} (winner)**" if won else f"{t['lr']:.2e}"

@@ -146,6 +146,11 @@ def _set_rng_state(state: tuple) -> None:
     random.setstate(py_state)
 
 
+def stage_length(learn: Learner, epochs: float) -> int:
+    """Iterations of one training of the stage: ``epochs`` over the Learner's training batches (at least one)."""
+    return max(1, round(epochs * len(learn.dls.train)))
+
+
 def default_score(learn: Learner) -> str:
     """The Learner's first metric (accuracy, say), or ``valid_loss`` when it has none."""
     names = [m.name for m in learn.metrics]
@@ -207,7 +212,7 @@ def race(
     """
     started = time.perf_counter()
     score = score or default_score(learn)
-    stage_iterations = max(1, round(epochs * len(learn.dls.train)))
+    stage_iterations = stage_length(learn, epochs)
     budget_its = budget_iterations(stage_iterations, range_test_iterations, budget)
     if candidates is None:
         candidates = affordable(candidate_lrs(list(picks.values()), tested_range), stage_iterations, budget_its)
