@@ -19,6 +19,7 @@ from lrgate.core.race_plan import (
     candidate_lrs,
     pick_winner,
     plan_rungs,
+    race_winner,
     rule_picks,
     runaway_loss,
     standard_error,
@@ -168,6 +169,19 @@ def test_the_loss_guard_reads_only_trials_with_a_score_and_only_a_positive_loss(
     assert runaway_loss(unscored, "valid_loss") == pytest.approx(0.3)
     assert runaway_loss([_trial(1e-3, -0.5, 0.9), _trial(1e-2, 0.1, 0.8)], "accuracy") == math.inf
     assert runaway_loss([_trial(1e-3, 0.0, 0.9), _trial(1e-2, 0.1, 0.8)], "accuracy") == math.inf
+
+
+def test_after_unfreeze_the_winner_of_a_compressed_last_rung_is_the_highest_lr_within_three_standard_errors():
+    # The third split's letters-cnn-adam-bs64-e1 seed 3 after unfreeze (0.7.0's race): 57-iteration trials of a
+    # 312-iteration stage; 0.1 leads 0.32 by 2.4 points (1.7 standard errors), and the grid's best lr is 0.32.
+    first = [Trial(0, lr, 19, 2.2, 0.2, 0.1) for lr in (1e-3, 3.2e-3, 1.0)]
+    last = [Trial(1, 0.1, 57, 1.937, 0.280, 0.1), Trial(1, 0.01, 57, 2.024, 0.258, 0.1)]
+    last.append(Trial(1, 0.32, 57, 2.011, 0.256, 0.1))
+    assert race_winner(first + last, "accuracy", 1000, 312)[0] == 0.1  # one standard error: 0.1 leads
+    assert race_winner(first + last, "accuracy", 1000, 312, sliced=True)[0] == 0.32
+    assert race_winner(first + last, "accuracy", 1000, 57, sliced=True)[0] == 0.1  # the stage's own length: no lean
+    assert race_winner(first + last, "accuracy", 100_000, 312, sliced=True)[0] == 0.1  # 2.4 points is 17 errors
+    assert race_winner(first + last, "valid_loss", 1000, 312, sliced=True)[0] == 0.1  # a loss does not lean
 
 
 def test_when_every_trial_diverged_the_lowest_lr_wins_with_a_warning():

@@ -37,6 +37,12 @@ SPAN_RULES = ("bowl", "minimum", "slide")
 # compressed rung counts trials as level and ranks the higher lr first (2 leaned too far on the third split), and it
 # keeps the next higher lr above its best for the next, longer rung (survivors).
 TIE_STANDARD_ERRORS = 1.0
+# After unfreeze the bias is stronger (a short trial punishes a high lr on the pretrained body most, the whole
+# schedule lets it settle): the race's winner, when its last rung is shorter than the stage, is the highest lr within
+# this many standard errors of that rung's best (race_winner). Since 0.8.0, chosen on the recorded trials of the
+# tuning, fresh, third and fifth splits (unfrozen mean regret at 1 -> 3: tuning 1.4 -> 1.5, fresh 1.6 -> 1.1, third
+# 2.4 -> 2.1, fifth 1.9 both; 2 gained less, 4 to 6 no more); before unfreeze any lean past 1 lost on every split.
+SLICE_PICK_STANDARD_ERRORS = 3.0
 # In a compressed rung, a trial whose validation loss is more than this many times the rung's best has run away:
 # its lr is blowing the model up, even where its short trial's accuracy still looks level or better (confident
 # mistakes cost little accuracy and much loss, and the stage's longer training goes on from there). It ranks after
@@ -365,6 +371,30 @@ def pick_winner(
         low = min(t.lr for t in last_rung)
         return low, (f"every trial of the last rung diverged or scored no {score}: kept its lowest, {low:.2e}",)
     return survivors(last_rung, 1, score, tie, compressed)[0], ()
+
+
+def race_winner(
+    trials: Sequence[Trial], score: str, n_valid: int, stage_iterations: int, sliced: bool = False
+) -> tuple[float, tuple[str, ...]]:
+    """The race's winner from all its ``trials``: :func:`pick_winner` on its last rung, leaning (when that rung is
+    shorter than the stage) by :data:`TIE_STANDARD_ERRORS`, or by :data:`SLICE_PICK_STANDARD_ERRORS` for a
+    ``sliced`` race (after ``unfreeze`` / ``freeze_to``). The benchmark picks again from recorded trials with it."""
+    last = [t for t in trials if t.rung == max(t.rung for t in trials)]
+    compressed = last[0].iterations < stage_iterations
+    lean = SLICE_PICK_STANDARD_ERRORS if sliced else TIE_STANDARD_ERRORS
+    return pick_winner(last, score, level_width(last, compressed, score, n_valid, lean), trials, compressed)
+
+
+def level_width(
+    trials: Sequence[Trial], compressed: bool, score: str, n_valid: int, standard_errors: float = TIE_STANDARD_ERRORS
+) -> float:
+    """How close a compressed rung's metrics must be to count as level (``tie`` in :func:`survivors`):
+    ``standard_errors`` standard errors of the best; 0 for trials as long as the stage (no short-horizon bias to lean
+    against) or for a loss."""
+    metrics = [m for m in (t.scored(score) for t in trials) if m is not None]
+    if not compressed or score == "valid_loss" or not metrics:
+        return 0.0
+    return standard_errors * standard_error(max(metrics), n_valid)
 
 
 def standard_error(metric: float, n_valid: int) -> float:

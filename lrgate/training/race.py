@@ -27,16 +27,15 @@ from fastai.learner import Learner
 from fastcore.foundation import L
 
 from lrgate.core.race_plan import (
-    TIE_STANDARD_ERRORS,
     Race,
     Trial,
     affordable,
     budget_iterations,
     candidate_lrs,
-    pick_winner,
+    level_width,
     plan_rungs,
+    race_winner,
     rule_picks,
-    standard_error,
     survivors,
 )
 from lrgate.core.suggest import SLICE_RATIO, Suggestion
@@ -239,11 +238,11 @@ def race(
                 shown = "diverged" if trial.diverged else f"valid_loss {loss:.4g}"
                 log(f"race rung {k}: lr {lr:.2e}, {rung.iterations} it: {shown}" + _metric_text(score, metric))
             trials += rung_trials
-            compressed = rung.iterations < stage_iterations
-            tie = _tie(rung_trials, compressed, score, n_valid)
             if k + 1 < len(plan.rungs):
+                compressed = rung.iterations < stage_iterations
+                tie = level_width(rung_trials, compressed, score, n_valid)
                 alive = survivors(rung_trials, plan.rungs[k + 1].candidates, score, tie, compressed)
-        winner, warnings = pick_winner(rung_trials, score, tie, every=trials, compressed=compressed)
+        winner, warnings = race_winner(trials, score, n_valid, stage_iterations, sliced=ratio is not None)
     finally:
         snapshot.restore(learn)
     result = Race(
@@ -299,16 +298,6 @@ def race_suggestion(
         race=result,
         warnings=s.warnings + result.warnings,
     )
-
-
-def _tie(trials: list[Trial], compressed: bool, score: str, n_valid: int) -> float:
-    """How close a compressed rung's metrics must be to count as level: ``TIE_STANDARD_ERRORS`` standard errors of
-    the best; 0 for
-    trials as long as the stage (no short-horizon bias to lean against) or a loss."""
-    metrics = [m for m in (t.scored(score) for t in trials) if m is not None]
-    if not compressed or score == "valid_loss" or not metrics:
-        return 0.0
-    return TIE_STANDARD_ERRORS * standard_error(max(metrics), n_valid)
 
 
 def _metric_text(score: str, metric: float | None) -> str:
