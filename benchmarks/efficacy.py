@@ -2,6 +2,7 @@
 
     python -m benchmarks.efficacy record [--max-minutes 100] [--tasks NAME ...]   # resumable, in chunks
     python -m benchmarks.efficacy race [--split third] [--budget 1] [--max-minutes 30]  # resumable, in chunks
+    python -m benchmarks.efficacy repick --trials-by 0.7.0   # a changed pick, from the recorded trials
     python -m benchmarks.efficacy score [--split held_out|fresh|third|...|seventh|tuning|all] [--plot FILE]
 
 For each task (data set x pretrained body x optimiser x batch size) and seed it records:
@@ -55,6 +56,7 @@ from benchmarks import efficacy_scoring as scoring
 from lrgate.core.curve_file import write_curve_csv
 from lrgate.core.errors import CurveError, ShortCurveError
 from lrgate.core.outputs import write_text
+from lrgate.core.race_plan import Trial, race_winner
 from lrgate.core.suggest import DEFAULT_NOISE, clean_curve, suggest
 from lrgate.training.efficientnet_lite0 import INPUT_MEAN, INPUT_STD
 from lrgate.training.models import lite0_model, lite0_splitter
@@ -521,6 +523,37 @@ def race(args: argparse.Namespace) -> int:
     return 0
 
 
+def repick(args: argparse.Namespace) -> int:
+    """Pick each race recorded by lrgate ``args.trials_by`` again from its recorded trials, with this lrgate's rule
+    (:func:`lrgate.core.race_plan.race_winner`). Exact, and free of a second draw's float noise, when only the pick
+    changed since those trials ran (their candidates, rungs and survivors did not): say so by naming the version.
+    The row and the record become this lrgate's; the record keeps ``trials_by``."""
+    path, trials_path = args.data / scoring.RACE_FILE, args.data / scoring.RACE_TRIALS_FILE
+    rows, records = read_rows(path), [json.loads(line) for line in trials_path.read_text().splitlines()]
+    by_key = {(r["task"], str(r["seed"]), r["stage"], r["budget"]): r for r in records}
+    changed = 0
+    for row in rows:
+        record = by_key[(row["task"], row["seed"], row["stage"], row["budget"])]
+        if row["lrgate"] != args.trials_by or record["lrgate"] != args.trials_by:
+            continue
+        record |= {"lrgate": lrgate.__version__, "trials_by": args.trials_by}
+        row["lrgate"] = lrgate.__version__
+        if "error" in record:  # a curve nothing can read: no trials, nothing to pick
+            continue
+        trials = [Trial.from_dict(t) for t in record["trials"]]
+        n_valid, stage_iterations = TASKS[row["task"]].n_valid, record["cost"]["stage_iterations"]
+        winner, warnings = race_winner(
+            trials, record["score"], n_valid, stage_iterations, record["slice_ratio"] is not None
+        )
+        changed += winner != record["winner"]
+        record |= {"winner": winner, "warnings": list(warnings)}
+        row["winner"] = f"{winner:.6g}"
+    write_text(trials_path, "".join(json.dumps(_finite_or_none(r), allow_nan=False) + "\n" for r in records))
+    write_rows(path, RACE_FIELDS, rows)
+    print(f"picked again from {args.trials_by}'s trials: {changed} of {len(rows)} winners changed")
+    return 0
+
+
 def record(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     split = scoring.read_split(args.data)
@@ -577,6 +610,9 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     c.add_argument("--work", type=Path, default=WORK, help="checkpoints and lr_find scratch")
     c.set_defaults(run=race)
+    k = sub.add_parser("repick", help="pick each race's winner again from its recorded trials (no training)")
+    k.add_argument("--trials-by", required=True, help="the lrgate version whose races to pick again, e.g. 0.7.0")
+    k.set_defaults(run=repick)
     s = sub.add_parser("score", help="score every method from the saved data (no training)")
     s.add_argument(
         "--split",
@@ -587,7 +623,7 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--cost-plot", type=Path, help="write the regret-vs-cost plot (PNG) here")
     s.add_argument("--sweeps", nargs="*", type=int, default=[3, 8], help="Optuna sweeps of N full trainings")
     s.set_defaults(run=score)
-    for p in (r, c, s):
+    for p in (r, c, k, s):
         p.add_argument("--data", type=Path, default=DATA, help="the data files (default: %(default)s)")
     args = parser.parse_args(argv)
     return args.run(args)
