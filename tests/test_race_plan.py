@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -218,11 +219,15 @@ def test_the_reviewers_table_marks_a_trial_whose_loss_ran_away():
     assert "| 0 | 3.20e-01 | 16 | 16.6 (ran away) | 0.57 |" in text
     assert "| 0 | 1.00e-03 | 16 | 1.1 | 0.56 |" in text and "| 0 | 1.00e+00 | 16 | diverged |" in text
     assert "past 1.5 times the rung's best" in text
+    assert "within 1 standard error of the best accuracy, the highest lr wins" in text  # 48 of 80 iterations
+    sliced = dataclasses.replace(race, ratio=10.0)
+    assert "within 3 standard errors of the best accuracy" in "\n".join(race_markdown(sliced.to_dict()))
     whole = Race(
         (1e-3, 0.32), (*trials[:2], Trial(1, 0.32, 48, 9.0, 0.7, 0.1)), 0.32, None, "accuracy", {}, 48, 96, 0.4
     )
     text = "\n".join(race_markdown(whole.to_dict()))  # the last rung is the stage's own training: no guard there
     assert "| 1 | **3.20e-01 (winner)** | 48 | 9 |" in text and "16.6 (ran away)" in text
+    assert "standard error" not in text
 
 
 def test_without_a_positive_loss_to_guard_by_a_diverged_trial_is_still_never_the_upper_neighbour():

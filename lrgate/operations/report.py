@@ -10,7 +10,7 @@ from typing import Any
 
 from lrgate.core.config import RunConfig
 from lrgate.core.gate_records import Decision, GateRecord, SuggestionRecord, format_value
-from lrgate.core.race_plan import LOSS_RUNAWAY, Trial, ran_away
+from lrgate.core.race_plan import LOSS_RUNAWAY, SLICE_PICK_STANDARD_ERRORS, TIE_STANDARD_ERRORS, Trial, ran_away
 from lrgate.core.run_dir import RunInfo
 
 __all__ = [
@@ -64,6 +64,13 @@ def race_markdown(race: dict[str, Any], compact: bool = False) -> list[str]:
         trials = markdown_table(header, rows)
     cost = race["cost"]
     ratio = "" if race["slice_ratio"] is None else f" Slices keep the curve's ratio, hi / {race['slice_ratio']:.3g}."
+    last_iterations = next(t.iterations for t in parsed if t.rung == last_rung)
+    if score != "valid_loss" and last_iterations < cost["stage_iterations"]:  # race_plan.race_winner's lean
+        lean = TIE_STANDARD_ERRORS if race["slice_ratio"] is None else SLICE_PICK_STANDARD_ERRORS
+        ratio += (
+            f" The last rung is shorter than the stage, and short trials favour low lrs: of its trials within {lean:g}"
+            f" standard error{'' if lean == 1 else 's'} of the best {score}, the highest lr wins."
+        )
     return [
         f"**Race** (ranked by {score}; in a rung shorter than the stage, a trial whose loss ran away, past "
         f"{LOSS_RUNAWAY:g} times the rung's best, ranks after every sound one): {len(race['candidates'])} "
