@@ -23,6 +23,7 @@ from lrgate.core.race_plan import (
     race_winner,
     rule_picks,
     runaway_loss,
+    rung_ranking,
     standard_error,
     survivors,
 )
@@ -178,11 +179,25 @@ def test_after_unfreeze_the_winner_of_a_compressed_last_rung_is_the_highest_lr_w
     first = [Trial(0, lr, 19, 2.2, 0.2, 0.1) for lr in (1e-3, 3.2e-3, 1.0)]
     last = [Trial(1, 0.1, 57, 1.937, 0.280, 0.1), Trial(1, 0.01, 57, 2.024, 0.258, 0.1)]
     last.append(Trial(1, 0.32, 57, 2.011, 0.256, 0.1))
-    assert race_winner(first + last, "accuracy", 1000, 312)[0] == 0.1  # one standard error: 0.1 leads
+    assert race_winner(first + last, "accuracy", 1000, 312)[0] == 0.1  # before unfreeze: the lowest loss
     assert race_winner(first + last, "accuracy", 1000, 312, sliced=True)[0] == 0.32
     assert race_winner(first + last, "accuracy", 1000, 57, sliced=True)[0] == 0.1  # the stage's own length: no lean
     assert race_winner(first + last, "accuracy", 100_000, 312, sliced=True)[0] == 0.1  # 2.4 points is 17 errors
     assert race_winner(first + last, "valid_loss", 1000, 312, sliced=True)[0] == 0.1  # a loss does not lean
+
+
+def test_before_unfreeze_a_rung_shorter_than_the_stage_ranks_by_validation_loss():
+    # The seventh split's shapes-cnn-sgd-bs64-e10 seed 15 before unfreeze (0.8.0's race): 46-iteration trials of a
+    # 460-iteration stage; 0.1 leads on accuracy, 1 and 3.2 (the whole training's best) have the lowest losses.
+    trials = [Trial(0, 0.1, 46, 1.02, 0.560, 0.1), Trial(0, 0.32, 46, 0.96, 0.512, 0.1)]
+    trials += [Trial(0, 1.0, 46, 0.91, 0.514, 0.1), Trial(0, 3.2, 46, 0.92, 0.505, 0.1)]
+    assert rung_ranking("accuracy", compressed=True, sliced=False) == "valid_loss"
+    assert rung_ranking("accuracy", compressed=False, sliced=False) == "accuracy"  # the stage's own training
+    assert rung_ranking("accuracy", compressed=True, sliced=True) == "accuracy"  # after unfreeze
+    assert race_winner(trials, "accuracy", 1000, 460)[0] == 1.0
+    assert race_winner(trials, "accuracy", 1000, 46)[0] == 0.1  # as long as the stage: by accuracy
+    assert survivors(trials, 2, rung_ranking("accuracy", True, False), compressed=True) == [1.0, 3.2]
+    assert survivors(trials, 2, "accuracy", compressed=True) == [0.1, 0.32]  # 0.8.0's pair
 
 
 def test_when_every_trial_diverged_the_lowest_lr_wins_with_a_warning():
@@ -219,9 +234,10 @@ def test_the_reviewers_table_marks_a_trial_whose_loss_ran_away():
     assert "| 0 | 3.20e-01 | 16 | 16.6 (ran away) | 0.57 |" in text
     assert "| 0 | 1.00e-03 | 16 | 1.1 | 0.56 |" in text and "| 0 | 1.00e+00 | 16 | diverged |" in text
     assert "past 1.5 times the rung's best" in text
-    assert "within 1 standard error of the best accuracy, the highest lr wins" in text  # 48 of 80 iterations
-    sliced = dataclasses.replace(race, ratio=10.0)
-    assert "within 3 standard errors of the best accuracy" in "\n".join(race_markdown(sliced.to_dict()))
+    assert "(ranked by accuracy, a rung shorter than the stage by valid_loss;" in text  # 48 of 80 iterations
+    assert "standard error" not in text
+    sliced = "\n".join(race_markdown(dataclasses.replace(race, ratio=10.0).to_dict()))
+    assert "(ranked by accuracy;" in sliced and "within 3 standard errors of the best accuracy" in sliced
     whole = Race(
         (1e-3, 0.32), (*trials[:2], Trial(1, 0.32, 48, 9.0, 0.7, 0.1)), 0.32, None, "accuracy", {}, 48, 96, 0.4
     )

@@ -15,7 +15,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from lrgate.core.outputs import write_atomic
-from lrgate.core.race_plan import LOSS_RUNAWAY, Race, lower_is_better
+from lrgate.core.race_plan import LOSS_RUNAWAY, Race, lower_is_better, rung_ranking
 from lrgate.core.suggest import Suggestion, warmup_points
 
 LOSS_COLOR, GRAD_COLOR = "tab:blue", "tab:orange"
@@ -99,13 +99,14 @@ def race_panel(ax, race: Race) -> None:
         trials = [t for t in race.trials if t.rung == rung]
         length = trials[0].iterations
         ok = sorted((t for t in trials if t.scored(race.score) is not None), key=lambda t: t.lr)  # a line in lr
+        rank = rung_ranking(race.score, length < race.stage_iterations, race.ratio is not None)
         ax.plot(
             [t.lr for t in ok],
             [t.scored(race.score) for t in ok],
             marker="o",
             ms=6,
             lw=1,
-            label=f"rung {rung}: {len(trials)} x {length} it",
+            label=f"rung {rung}: {len(trials)} x {length} it" + ("" if rank == race.score else f", ranked by {rank}"),
         )
         for t in trials:
             if t.scored(race.score) is None:

@@ -10,7 +10,7 @@ from typing import Any
 
 from lrgate.core.config import RunConfig
 from lrgate.core.gate_records import Decision, GateRecord, SuggestionRecord, format_value
-from lrgate.core.race_plan import LOSS_RUNAWAY, SLICE_PICK_STANDARD_ERRORS, TIE_STANDARD_ERRORS, Trial, ran_away
+from lrgate.core.race_plan import LOSS_RUNAWAY, SHORT_FROZEN_RANKING, SLICE_PICK_STANDARD_ERRORS, Trial, ran_away
 from lrgate.core.run_dir import RunInfo
 
 __all__ = [
@@ -42,7 +42,8 @@ def race_markdown(race: dict[str, Any], compact: bool = False) -> list[str]:
     score = race["score"]
     last_rung = max(t["rung"] for t in race["trials"])
     parsed = [Trial.from_dict(t) for t in race["trials"]]
-    away = {(t.rung, t.lr) for t in ran_away(parsed, score, race["cost"]["stage_iterations"])}
+    sliced = race["slice_ratio"] is not None
+    away = {(t.rung, t.lr) for t in ran_away(parsed, score, race["cost"]["stage_iterations"], sliced)}
     rows = []
     for t in race["trials"]:
         won = t["lr"] == race["winner"] and t["rung"] == last_rung
@@ -65,14 +66,18 @@ def race_markdown(race: dict[str, Any], compact: bool = False) -> list[str]:
     cost = race["cost"]
     ratio = "" if race["slice_ratio"] is None else f" Slices keep the curve's ratio, hi / {race['slice_ratio']:.3g}."
     last_iterations = next(t.iterations for t in parsed if t.rung == last_rung)
-    if score != "valid_loss" and last_iterations < cost["stage_iterations"]:  # race_plan.race_winner's lean
-        lean = TIE_STANDARD_ERRORS if race["slice_ratio"] is None else SLICE_PICK_STANDARD_ERRORS
+    if sliced and score != "valid_loss" and last_iterations < cost["stage_iterations"]:  # race_plan.race_winner
         ratio += (
-            f" The last rung is shorter than the stage, and short trials favour low lrs: of its trials within {lean:g}"
-            f" standard error{'' if lean == 1 else 's'} of the best {score}, the highest lr wins."
+            " The last rung is shorter than the stage, and short trials favour low lrs: of its trials within"
+            f" {SLICE_PICK_STANDARD_ERRORS:g} standard errors of the best {score}, the highest lr wins."
         )
+    ranked = (
+        score
+        if sliced or score == SHORT_FROZEN_RANKING
+        else f"{score}, a rung shorter than the stage by {SHORT_FROZEN_RANKING}"
+    )
     return [
-        f"**Race** (ranked by {score}; in a rung shorter than the stage, a trial whose loss ran away, past "
+        f"**Race** (ranked by {ranked}; in a rung shorter than the stage, a trial whose loss ran away, past "
         f"{LOSS_RUNAWAY:g} times the rung's best, ranks after every sound one): {len(race['candidates'])} "
         f"candidates in short trials of the stage's own schedule; winner **{race['winner']:.2e}**.{ratio}",
         "",

@@ -36,6 +36,7 @@ from lrgate.core.race_plan import (
     plan_rungs,
     race_winner,
     rule_picks,
+    rung_ranking,
     survivors,
 )
 from lrgate.core.suggest import SLICE_RATIO, Suggestion
@@ -240,8 +241,9 @@ def race(
             trials += rung_trials
             if k + 1 < len(plan.rungs):
                 compressed = rung.iterations < stage_iterations
-                tie = level_width(rung_trials, compressed, score, n_valid)
-                alive = survivors(rung_trials, plan.rungs[k + 1].candidates, score, tie, compressed)
+                rank = rung_ranking(score, compressed, sliced=ratio is not None)
+                tie = level_width(rung_trials, compressed, rank, n_valid)
+                alive = survivors(rung_trials, plan.rungs[k + 1].candidates, rank, tie, compressed)
         winner, warnings = race_winner(trials, score, n_valid, stage_iterations, sliced=ratio is not None)
     finally:
         snapshot.restore(learn)
