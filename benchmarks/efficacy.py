@@ -534,7 +534,8 @@ def repick(args: argparse.Namespace) -> int:
     """Pick each race recorded by lrgate ``args.trials_by`` again from its recorded trials, with this lrgate's rule
     (:func:`lrgate.core.race_plan.race_winner`). Exact, and free of a second draw's float noise, when only the pick
     changed since those trials ran (their candidates, rungs and survivors did not): say so by naming the version.
-    The row and the record become this lrgate's; the record keeps ``trials_by``."""
+    The row and the record become this lrgate's; the record names the lrgate that ran its trials (``trials_by``,
+    kept from an earlier repick)."""
     path, trials_path = args.data / scoring.RACE_FILE, args.data / scoring.RACE_TRIALS_FILE
     rows, records = read_rows(path), [json.loads(line) for line in trials_path.read_text().splitlines()]
     by_key = {(r["task"], str(r["seed"]), r["stage"], r["budget"]): r for r in records}
@@ -543,7 +544,7 @@ def repick(args: argparse.Namespace) -> int:
         record = by_key[(row["task"], row["seed"], row["stage"], row["budget"])]
         if row["lrgate"] != args.trials_by or record["lrgate"] != args.trials_by:
             continue
-        record |= {"lrgate": lrgate.__version__, "trials_by": args.trials_by}
+        record |= {"lrgate": lrgate.__version__, "trials_by": record.get("trials_by", args.trials_by)}
         row["lrgate"] = lrgate.__version__
         if "error" in record:  # a curve nothing can read: no trials, nothing to pick
             continue
