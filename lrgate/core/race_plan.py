@@ -34,8 +34,9 @@ RANGE_TESTS_FLOOR = 2.0  # on data so small that one training is shorter, the bu
 # split (lrgate's bowl, fastai's minimum and slide); any that cannot read the curve is skipped.
 SPAN_RULES = ("bowl", "minimum", "slide")
 # Compressed trials favour low lrs (short-horizon bias): within this many standard errors of the best metric a
-# compressed rung counts trials as level and ranks the higher lr first (2 leaned too far on the third split), and it
-# keeps the next higher lr above its best for the next, longer rung (survivors).
+# compressed rung that ranks by a metric (after unfreeze: SHORT_FROZEN_RANKING ranks a frozen one by loss) counts
+# trials as level and ranks the higher lr first (2 leaned too far on the third split); every compressed rung keeps the
+# next higher lr above its best for the next, longer rung (survivors).
 TIE_STANDARD_ERRORS = 1.0
 # After unfreeze the bias is stronger (a short trial punishes a high lr on the pretrained body most, the whole
 # schedule lets it settle): the race's winner, when its last rung is shorter than the stage, is the highest lr within
@@ -397,9 +398,9 @@ def race_winner(
     benchmark picks again from recorded trials with it."""
     last = [t for t in trials if t.rung == max(t.rung for t in trials)]
     compressed = last[0].iterations < stage_iterations
-    rank = rung_ranking(score, compressed, sliced)
-    lean = SLICE_PICK_STANDARD_ERRORS if sliced else TIE_STANDARD_ERRORS
-    return pick_winner(last, rank, level_width(last, compressed, rank, n_valid, lean), trials, compressed)
+    rank = rung_ranking(score, compressed, sliced)  # a loss (before unfreeze) or a whole-length rung: no lean
+    tie = level_width(last, compressed, rank, n_valid, SLICE_PICK_STANDARD_ERRORS)
+    return pick_winner(last, rank, tie, trials, compressed)
 
 
 def level_width(
