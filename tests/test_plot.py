@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
@@ -78,7 +80,18 @@ def test_the_race_panel_crosses_out_a_compressed_trial_whose_loss_ran_away():
         Trial(1, 1e-2, 48, 9.0, 0.55, 0.1),  # the last rung is the whole stage: no guard there
     )
     race = Race((1e-3, 1e-2, 0.32), trials, 1e-3, None, "accuracy", {}, 48, 96, 0.4)
-    ax = Figure().subplots()
+    fig = Figure()
+    ax = fig.subplots()
     race_panel(ax, race)
-    (crosses,) = [line for line in ax.get_lines() if line.get_label().startswith("loss ran away")]
-    assert list(crosses.get_xdata()) == [0.32] and list(crosses.get_ydata()) == [0.57]
+    # before unfreeze the short rung ranks by loss: it is drawn by loss on a second axis at the right
+    (loss_ax,) = [a for a in fig.axes if a is not ax]
+    assert loss_ax.get_ylabel().startswith("valid_loss") and ax.get_ylabel().startswith("accuracy")
+    (crosses,) = [line for line in loss_ax.get_lines() if line.get_label().startswith("loss ran away")]
+    assert list(crosses.get_xdata()) == [0.32] and list(crosses.get_ydata()) == [16.6]
+    (whole,) = [line for line in ax.get_lines() if line.get_label().startswith("rung 1")]
+    assert list(whole.get_ydata()) == [0.60, 0.55]  # the whole-length rung by its accuracy, on the left
+    (winner,) = [line for line in ax.get_lines() if line.get_label().startswith("winner")]
+    assert list(winner.get_ydata()) == [0.60]
+    sliced = Figure()
+    race_panel(sliced.subplots(), dataclasses.replace(race, ratio=10.0))  # after unfreeze: one axis, the score
+    assert len(sliced.axes) == 1

@@ -15,7 +15,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from lrgate.core.outputs import write_atomic
-from lrgate.core.race_plan import LOSS_RUNAWAY, Race, lower_is_better, rung_ranking
+from lrgate.core.race_plan import LOSS_RUNAWAY, SHORT_FROZEN_RANKING, Race, lower_is_better, rung_ranking
 from lrgate.core.suggest import Suggestion, warmup_points
 
 LOSS_COLOR, GRAD_COLOR = "tab:blue", "tab:orange"
@@ -91,41 +91,52 @@ def review_figure(s: Suggestion, *, show_maxima: bool = False) -> Figure:
 
 
 def race_panel(ax, race: Race) -> None:
-    """The race under the curve: each trial's score against its lr, one marker per rung, the winner ringed, and a
-    red cross on each trial of a compressed rung whose loss ran away (ranked after the sound ones whatever it
-    scored: race_plan.LOSS_RUNAWAY)."""
-    lower = lower_is_better(race.score)
+    """The race under the curve: each trial against its lr, one line per rung, by what its rung ranked it by (the
+    score on the left axis; validation loss, for a frozen model's rungs shorter than the stage, on a second axis at
+    the right: race_plan.rung_ranking), the winner ringed, and a red cross on each trial of a compressed rung whose
+    loss ran away (ranked after the sound ones whatever it scored: race_plan.LOSS_RUNAWAY)."""
+    axes = {race.score: ax}
+
+    def axis_for(rank: str):
+        if rank not in axes:
+            axes[rank] = ax.twinx()
+            axes[rank].set_ylabel(f"{rank} after the trial" + (" (lower is better)" if lower_is_better(rank) else ""))
+        return axes[rank]
+
+    rank_of = {}
     for rung in sorted({t.rung for t in race.trials}):
         trials = [t for t in race.trials if t.rung == rung]
         length = trials[0].iterations
-        ok = sorted((t for t in trials if t.scored(race.score) is not None), key=lambda t: t.lr)  # a line in lr
-        rank = rung_ranking(race.score, length < race.stage_iterations, race.ratio is not None)
-        ax.plot(
+        rank = rank_of[rung] = rung_ranking(race.score, length < race.stage_iterations, race.ratio is not None)
+        on = axis_for(rank)
+        ok = sorted((t for t in trials if t.scored(rank) is not None), key=lambda t: t.lr)  # a line in lr
+        on.plot(
             [t.lr for t in ok],
-            [t.scored(race.score) for t in ok],
+            [t.scored(rank) for t in ok],
             marker="o",
             ms=6,
             lw=1,
-            label=f"rung {rung}: {len(trials)} x {length} it" + ("" if rank == race.score else f", ranked by {rank}"),
+            color=f"C{rung}",  # one colour per rung, whichever axis it is on
+            label=f"rung {rung}: {len(trials)} x {length} it, by {rank}" + (" (right)" if on is not ax else ""),
         )
         for t in trials:
-            if t.scored(race.score) is None:
+            if t.scored(rank) is None:
                 _vertical_label(ax, "diverged", t.lr, top=False, color="tab:red")
-    if away := race.ran_away:
-        ax.plot(
-            [t.lr for t in away],
-            [t.scored(race.score) for t in away],
+    for i, t in enumerate(race.ran_away):
+        axis_for(rank_of[t.rung]).plot(
+            t.lr,
+            t.scored(rank_of[t.rung]),
             "x",
             ms=10,
             mew=2,
             color="tab:red",
-            label=f"loss ran away (> {LOSS_RUNAWAY:g}x the rung's best)",
+            label=f"loss ran away (> {LOSS_RUNAWAY:g}x the rung's best)" if i == 0 else "_",
         )
     best = race.winning_trial
-    if best is not None and best.scored(race.score) is not None:
-        ax.plot(
+    if best is not None and best.scored(rank_of[best.rung]) is not None:
+        axis_for(rank_of[best.rung]).plot(
             race.winner,
-            best.scored(race.score),
+            best.scored(rank_of[best.rung]),
             "o",
             ms=14,
             mfc="none",
@@ -135,6 +146,7 @@ def race_panel(ax, race: Race) -> None:
         )
     ax.set_xscale("log")
     ax.set_xlabel("learning rate (log scale)")
+    lower = lower_is_better(race.score)
     ax.set_ylabel(f"{race.score} after the trial" + (" (lower is better)" if lower else " (higher is better)"))
     ax.set_title(
         f"race: {race.iterations} iterations = {race.cost_in_trainings:.2f} trainings of the stage "
@@ -143,7 +155,13 @@ def race_panel(ax, race: Race) -> None:
         loc="left",
     )
     ax.grid(True, which="major", alpha=0.3)
-    ax.legend(loc="best", fontsize=8)
+    handles, labels = [], []
+    for a in axes.values():
+        h, lab = a.get_legend_handles_labels()
+        handles, labels = handles + h, labels + lab
+    (axes[SHORT_FROZEN_RANKING] if SHORT_FROZEN_RANKING in axes and len(axes) > 1 else ax).legend(
+        handles, labels, loc="best", fontsize=8
+    )
 
 
 def _vertical_label(ax, text: str, lr: float, *, top: bool, color: str) -> None:
