@@ -92,6 +92,10 @@ def test_the_race_panel_crosses_out_a_compressed_trial_whose_loss_ran_away():
     assert list(whole.get_ydata()) == [0.60, 0.55]  # the whole-length rung by its accuracy, on the left
     (winner,) = [line for line in ax.get_lines() if line.get_label().startswith("winner")]
     assert list(winner.get_ydata()) == [0.60]
+    assert loss_ax.get_yscale() == "log" and ax.get_yscale() == "linear"
     sliced = Figure()
     race_panel(sliced.subplots(), dataclasses.replace(race, ratio=10.0))  # after unfreeze: one axis, the score
-    assert len(sliced.axes) == 1
+    assert len(sliced.axes) == 1 and sliced.axes[0].get_ylabel().startswith("accuracy")
+    short = Figure()  # every rung shorter than the stage, before unfreeze: one axis, the loss
+    race_panel(short.subplots(), dataclasses.replace(race, stage_iterations=200))
+    assert len(short.axes) == 1 and short.axes[0].get_ylabel().startswith("valid_loss")

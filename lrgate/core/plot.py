@@ -91,23 +91,27 @@ def review_figure(s: Suggestion, *, show_maxima: bool = False) -> Figure:
 
 
 def race_panel(ax, race: Race) -> None:
-    """The race under the curve: each trial against its lr, one line per rung, by what its rung ranked it by (the
-    score on the left axis; validation loss, for a frozen model's rungs shorter than the stage, on a second axis at
-    the right: race_plan.rung_ranking), the winner ringed, and a red cross on each trial of a compressed rung whose
-    loss ran away (ranked after the sound ones whatever it scored: race_plan.LOSS_RUNAWAY)."""
-    axes = {race.score: ax}
+    """The race under the curve: each trial against its lr, one line per rung, by what its rung ranked it by
+    (race_plan.rung_ranking: the score, or validation loss for a frozen model's rungs shorter than the stage; the
+    last rung's on the left axis, the other one, if the rungs differ, on a second axis at the right; a loss on a log
+    scale), the winner ringed, and a red cross on each trial of a compressed rung whose loss ran away (ranked after
+    the sound ones whatever it scored: race_plan.LOSS_RUNAWAY)."""
+    rungs = sorted({t.rung for t in race.trials})
+    rank_of = {}
+    for rung in rungs:
+        length = next(t.iterations for t in race.trials if t.rung == rung)
+        rank_of[rung] = rung_ranking(race.score, length < race.stage_iterations, race.ratio is not None)
+    axes = {rank_of[rungs[-1]]: ax} if rungs else {race.score: ax}
 
     def axis_for(rank: str):
         if rank not in axes:
             axes[rank] = ax.twinx()
-            axes[rank].set_ylabel(f"{rank} after the trial" + (" (lower is better)" if lower_is_better(rank) else ""))
         return axes[rank]
 
-    rank_of = {}
-    for rung in sorted({t.rung for t in race.trials}):
+    for rung in rungs:
         trials = [t for t in race.trials if t.rung == rung]
         length = trials[0].iterations
-        rank = rank_of[rung] = rung_ranking(race.score, length < race.stage_iterations, race.ratio is not None)
+        rank = rank_of[rung]
         on = axis_for(rank)
         ok = sorted((t for t in trials if t.scored(rank) is not None), key=lambda t: t.lr)  # a line in lr
         on.plot(
@@ -146,8 +150,12 @@ def race_panel(ax, race: Race) -> None:
         )
     ax.set_xscale("log")
     ax.set_xlabel("learning rate (log scale)")
-    lower = lower_is_better(race.score)
-    ax.set_ylabel(f"{race.score} after the trial" + (" (lower is better)" if lower else " (higher is better)"))
+    for rank, a in axes.items():
+        lower = lower_is_better(rank)
+        a.set_ylabel(f"{rank} after the trial" + (" (lower is better)" if lower else " (higher is better)"))
+        values = [y for line in a.get_lines() for y in line.get_ydata()]
+        if rank == SHORT_FROZEN_RANKING and values and min(values) > 0:
+            a.set_yscale("log")  # a loss that ran away is orders of magnitude above the others
     ax.set_title(
         f"race: {race.iterations} iterations = {race.cost_in_trainings:.2f} trainings of the stage "
         f"({race.stage_iterations} it), {race.seconds:.0f} s",
@@ -159,9 +167,7 @@ def race_panel(ax, race: Race) -> None:
     for a in axes.values():
         h, lab = a.get_legend_handles_labels()
         handles, labels = handles + h, labels + lab
-    (axes[SHORT_FROZEN_RANKING] if SHORT_FROZEN_RANKING in axes and len(axes) > 1 else ax).legend(
-        handles, labels, loc="best", fontsize=8
-    )
+    list(axes.values())[-1].legend(handles, labels, loc="best", fontsize=8)  # the twin axis is drawn on top
 
 
 def _vertical_label(ax, text: str, lr: float, *, top: bool, color: str) -> None:
