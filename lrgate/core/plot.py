@@ -15,7 +15,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from lrgate.core.outputs import write_atomic
-from lrgate.core.race_plan import LOSS_RUNAWAY, SHORT_FROZEN_RANKING, Race, lower_is_better, rung_ranking
+from lrgate.core.race_plan import LOSS_RUNAWAY, SHORT_FROZEN_RANKING, Race, lower_is_better
 from lrgate.core.suggest import Suggestion, warmup_points
 
 LOSS_COLOR, GRAD_COLOR = "tab:blue", "tab:orange"
@@ -97,10 +97,7 @@ def race_panel(ax, race: Race) -> None:
     scale), the winner ringed, and a red cross on each trial of a compressed rung whose loss ran away (ranked after
     the sound ones whatever it scored: race_plan.LOSS_RUNAWAY)."""
     rungs = sorted({t.rung for t in race.trials})
-    rank_of = {}
-    for rung in rungs:
-        length = next(t.iterations for t in race.trials if t.rung == rung)
-        rank_of[rung] = rung_ranking(race.score, length < race.stage_iterations, race.ratio is not None)
+    rank_of = {rung: race.ranked_by(rung) for rung in rungs}
     axes = {rank_of[rungs[-1]]: ax} if rungs else {race.score: ax}
 
     def axis_for(rank: str):

@@ -145,6 +145,11 @@ class Race:
         last = self.trials[-1].rung
         return next((t for t in self.trials if t.rung == last and t.lr == self.winner), None)
 
+    def ranked_by(self, rung: int) -> str:
+        """What ``rung`` ranked its trials by (:func:`rung_ranking`)."""
+        length = next(t.iterations for t in self.trials if t.rung == rung)
+        return rung_ranking(self.score, length < self.stage_iterations, self.ratio is not None)
+
     @property
     def ran_away(self) -> list[Trial]:
         """The trials whose loss ran away (:func:`ran_away`)."""
@@ -387,6 +392,17 @@ def rung_ranking(score: str, compressed: bool, sliced: bool) -> str:
     """What a rung ranks its trials by: the race's ``score``, except in a ``compressed`` rung (shorter than the
     stage) of a race before unfreeze (not ``sliced``), which ranks by :data:`SHORT_FROZEN_RANKING`."""
     return SHORT_FROZEN_RANKING if compressed and not sliced else score
+
+
+def next_rung(
+    rung: Sequence[Trial], keep: int, score: str, n_valid: int, stage_iterations: int, sliced: bool = False
+) -> list[float]:
+    """The lrs of one rung's ``rung`` trials that go on to the next, longer rung: :func:`survivors`, ranked by
+    :func:`rung_ranking` and, where that is a metric in a rung shorter than the stage, leaning by
+    :data:`TIE_STANDARD_ERRORS`."""
+    compressed = rung[0].iterations < stage_iterations
+    rank = rung_ranking(score, compressed, sliced)
+    return survivors(rung, keep, rank, level_width(rung, compressed, rank, n_valid), compressed)
 
 
 def race_winner(

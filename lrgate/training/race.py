@@ -32,12 +32,10 @@ from lrgate.core.race_plan import (
     affordable,
     budget_iterations,
     candidate_lrs,
-    level_width,
+    next_rung,
     plan_rungs,
     race_winner,
     rule_picks,
-    rung_ranking,
-    survivors,
 )
 from lrgate.core.suggest import SLICE_RATIO, Suggestion
 
@@ -240,10 +238,8 @@ def race(
                 log(f"race rung {k}: lr {lr:.2e}, {rung.iterations} it: {shown}" + _metric_text(score, metric))
             trials += rung_trials
             if k + 1 < len(plan.rungs):
-                compressed = rung.iterations < stage_iterations
-                rank = rung_ranking(score, compressed, sliced=ratio is not None)
-                tie = level_width(rung_trials, compressed, rank, n_valid)
-                alive = survivors(rung_trials, plan.rungs[k + 1].candidates, rank, tie, compressed)
+                keep = plan.rungs[k + 1].candidates
+                alive = next_rung(rung_trials, keep, score, n_valid, stage_iterations, sliced=ratio is not None)
         winner, warnings = race_winner(trials, score, n_valid, stage_iterations, sliced=ratio is not None)
     finally:
         snapshot.restore(learn)
