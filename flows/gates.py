@@ -52,12 +52,12 @@ TYPED_LR = r"^\s*(([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?)?\s*$"
 
 def answer_form(record: GateRecord) -> type[RunInput]:
     """The gate's form: a decision, a pick list of the gate's choices (the suggestion is the default), and a typed
-    override as text (``3e-3`` or ``0.003``) that wins over the pick list when given. A typed value's bounds (the
-    lrs the range test tried) are the flow's to check (:func:`~lrgate.operations.gate_policy.read_answer`): a JSON
-    schema bounds numbers, not text. A gate whose curve could not be read has no suggestion: its form offers
-    override and reject only."""
+    override as text (``3e-3`` or ``0.003``) that wins over the pick list when given. A typed value's bounds
+    (:attr:`~lrgate.core.gate_records.GateRecord.override_range`: the lrs the range test and the race tried) are the
+    flow's to check (:func:`~lrgate.operations.gate_policy.read_answer`): a JSON schema bounds numbers, not text. A
+    gate whose curve could not be read has no suggestion: its form offers override and reject only."""
     suggested = record.suggestion is not None
-    lo, hi = record.tested_range
+    lo, hi = record.override_range
     picks = list(choices(record))
     decisions = Literal["approve", "override", "reject"] if suggested else Literal["override", "reject"]
     fields: dict[str, Any] = {
@@ -168,6 +168,7 @@ def wait_for_review(cfg: RunConfig, run: RunInfo, record: GateRecord, gate: Gate
                 "error": record.error,
                 "takes_slice": record.takes_slice,
                 "tested_range": list(record.tested_range),
+                "override_range": list(record.override_range),
                 "plot": record.plot,
                 "run_dir": str(run.run_dir),
             },

@@ -101,7 +101,7 @@ def test_an_answer_makes_a_decision_or_says_what_is_wrong():
     d = answered(record(), gate, answer("override", lr="3e-3", reason="smoother"))
     assert (d.action, d.source, d.value, d.reviewer, d.reason) == ("override", "override", 3e-3, "ann", "smoother")
     assert answered(record(), gate, answer("reject")) == "a rejection needs a reason"
-    assert "outside the lrs the range test tried" in answered(record(), gate, answer("override", lr="5"))
+    assert "outside the lrs the range test and the race tried" in answered(record(), gate, answer("override", lr="5"))
 
 
 def test_records_keep_their_json_shape_with_a_schema_version():

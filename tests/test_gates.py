@@ -97,8 +97,10 @@ def test_bad_answers_are_refused_and_the_run_stays_paused_then_a_rejection_stops
     # Outside the tested range: refused before it is sent, the bound in 3 significant digits (checked exactly).
     out = lrgate("approve", gate1["run_id"], "--lr", "1e9")
     assert out.returncode == 1 and out.stderr.count("\n") == 1
-    lo, hi = json.loads((run_dir / "gate-frozen" / "suggestion.json").read_text())["tested_range"]
-    assert f"1e+09 is outside the lrs gate frozen's range test tried, {lo:.3g} .. {hi:.3g}" in out.stderr
+    suggestion = json.loads((run_dir / "gate-frozen" / "suggestion.json").read_text())
+    tried = [*suggestion["tested_range"], *(suggestion.get("race") or {}).get("candidates", [])]
+    lo, hi = min(tried), max(tried)
+    assert f"1e+09 is outside the lrs gate frozen's range test and race tried, {lo:.3g} .. {hi:.3g}" in out.stderr
     # Not a number (what the UI's number input made of 3e-3): the server refuses it against the form's schema.
     with pytest.raises(RuntimeError, match="does not match"):
         resume_flow_run(gate1["run_id"], run_input={"reviewer": "eve", "decision": "override", "lr": "3-3"})
@@ -202,14 +204,14 @@ def test_an_unreadable_gate_cached_by_an_older_lrgate_fails_with_a_clear_reason(
         GateRecord.read(old, "gate frozen's range test")
 
 
-def gate_record(takes_slice: bool = False, race: bool = True) -> GateRecord:
+def gate_record(takes_slice: bool = False, race: bool = True, candidates=(1e-3, 3e-4, 3e-3)) -> GateRecord:
     """A gate's record as the lr-suggest stage returns it."""
     suggestion = suggestion_record(
         state="unfrozen" if takes_slice else "frozen",
         lr=1e-3,
         slice=[1e-4, 1e-3] if takes_slice else None,
         tested_range=[1e-7, 0.5],
-        race={"candidates": [1e-3, 3e-4, 3e-3], "slice_ratio": 10.0 if takes_slice else None} if race else None,
+        race={"candidates": list(candidates), "slice_ratio": 10.0 if takes_slice else None} if race else None,
     )
     gate = "unfrozen" if takes_slice else "frozen"
     return GateRecord.read(
@@ -241,9 +243,25 @@ def test_the_form_offers_the_suggestion_and_the_race_candidates_and_reads_a_type
             form(reviewer="ann", decision="override", lr=bad)
     # What the schema cannot say, the flow checks: the bounds, and an approval that picked another value.
     assert read_answer(form(reviewer="ann", decision="override", lr="2"), record)[1] == (
-        "2 is outside the lrs the range test tried, 1e-07 .. 0.5"
+        "2 is outside the lrs the range test and the race tried, 1e-07 .. 0.5"
     )
     assert "set decision to override" in read_answer(form(reviewer="ann", lr="3e-3"), record)[1]
+
+
+def test_a_race_candidate_past_the_range_tests_end_can_be_picked_and_typed_and_bounds_an_override():
+    # before unfreeze the race's candidates reach half a decade past where the range test stopped (REACH_DECADES)
+    record = gate_record(candidates=[0.1, 0.5, 1.6])
+    assert record.tested_range == (1e-7, 0.5) and record.override_range == (1e-7, 1.6)
+    form = answer_form(record)
+    assert "1.0e-07 .. 1.6e+00" in form.model_json_schema()["properties"]["lr"]["description"]
+    assert read_answer(form(reviewer="bo", decision="override", choice="1.60e+00 (race candidate)"), record) == (
+        1.6,
+        None,
+    )
+    assert read_answer(form(reviewer="bo", decision="override", lr="1"), record) == (1.0, None)
+    assert read_answer(form(reviewer="bo", decision="override", lr="2"), record)[1] == (
+        "2 is outside the lrs the range test and the race tried, 1e-07 .. 1.6"
+    )
 
 
 def test_a_slice_gates_choices_are_slices_and_a_typed_slice_needs_both_ends():

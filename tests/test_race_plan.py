@@ -12,6 +12,7 @@ from lrgate.core.curve_file import read_curve_csv
 from lrgate.core.race_plan import (
     MAX_CANDIDATES,
     MIN_TRIAL_ITERATIONS,
+    REACH_DECADES,
     Race,
     RaceError,
     Trial,
@@ -69,28 +70,30 @@ def test_a_bad_budget_is_refused_with_its_value():
         budget_iterations(100, 100, -1.0)
 
 
-def test_candidates_run_half_decades_from_below_the_lowest_pick_to_where_the_test_ended():
+def test_candidates_run_half_decades_from_below_the_lowest_pick_to_half_a_decade_past_where_the_test_ended():
     picks = [3e-3, 2e-2, 0.4]
     lrs = candidate_lrs(picks, (1e-7, 2.0))
-    assert np.allclose(np.log10(lrs), [-3.0, -2.5, -2.0, -1.5, -1.0, -0.5, 0.0])  # 1e-3 .. 1, on the lattice
-    assert lrs[0] < min(picks) and lrs[-1] <= 2.0
+    assert np.allclose(np.log10(lrs), [-3.0, -2.5, -2.0, -1.5, -1.0, -0.5, 0.0, 0.5])  # 1e-3 .. 3.2, on the lattice
+    assert lrs[0] < min(picks) and 2.0 < lrs[-1] <= 2.0 * 10**REACH_DECADES
 
 
 def test_a_wide_span_widens_the_step_to_at_most_the_maximum():
     lrs = candidate_lrs([3e-6], (1e-8, 10.0))
     steps = np.diff(np.log10(lrs))
-    assert len(lrs) <= MAX_CANDIDATES and lrs[0] < 3e-6 and lrs[-1] * 10 ** steps[0] > 10.0  # within a step of 10
+    top = 10.0 * 10**REACH_DECADES
+    assert len(lrs) <= MAX_CANDIDATES and lrs[0] < 3e-6 and lrs[-1] * 10 ** steps[0] > top  # within a step of it
     assert np.allclose(steps, steps[0])  # evenly spaced in log lr
 
 
-def test_picks_near_the_end_still_get_enough_candidates_inside_the_test():
+def test_picks_near_the_end_still_get_enough_candidates():
     lrs = candidate_lrs([5.0, 5.0], (1e-7, 8.0))
-    assert len(lrs) >= 4 and max(lrs) <= 8.0 and min(lrs) < 5.0
+    assert len(lrs) >= 4 and max(lrs) <= 8.0 * 10**REACH_DECADES and min(lrs) < 5.0
 
 
 def test_a_pick_in_the_tests_first_quarter_sets_no_span():
     assert candidate_lrs([1e-7, 3e-7, 1e-2], (1e-7, 1.0))[0] > 1e-3
-    assert candidate_lrs([1e-7], (1e-7, 10.0))[0] > 1e-5  # nothing read: up from the first quarter
+    lrs = candidate_lrs([1e-7], (1e-7, 10.0))  # nothing read: from a step below the first quarter's end (1e-5)
+    assert 1e-6 < lrs[0] < 1e-5 < lrs[1]
 
 
 def test_no_pick_is_refused():

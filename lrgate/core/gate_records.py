@@ -105,10 +105,10 @@ class SuggestionRecord(_Record):
 class GateRecord(_Record):
     """The range test of one gate, as the ``lr-suggest`` stage wrote it.
 
-    Always: the Learner's ``state``, whether the stage after the gate ``takes_slice``, the ``tested_range`` (the
-    bounds of any override), the recorded ``curve_csv`` and the review ``plot``. With a suggestion: its ``choices``
-    table and ``frame_csv`` (the data behind the plot). Without (the curve could not be read): the ``error``, so a
-    person can still override or reject.
+    Always: the Learner's ``state``, whether the stage after the gate ``takes_slice``, the ``tested_range`` (with the
+    race's candidates, the bounds of any override: :attr:`override_range`), the recorded ``curve_csv`` and the review
+    ``plot``. With a suggestion: its ``choices`` table and ``frame_csv`` (the data behind the plot). Without (the
+    curve could not be read): the ``error``, so a person can still override or reject.
     """
 
     gate: Literal["frozen", "unfrozen"]
@@ -159,6 +159,15 @@ class GateRecord(_Record):
     def value(self) -> Value | None:
         """The suggested lr or slice; None when the curve could not be read."""
         return None if self.suggestion is None else self.suggestion.value
+
+    @property
+    def override_range(self) -> tuple[float, float]:
+        """The bounds of a typed override: the lrs the range test tried, widened to the race's candidates (which
+        reach past the test's last lr: :data:`~lrgate.core.race_plan.REACH_DECADES`)."""
+        lo, hi = self.tested_range
+        race = self.suggestion.race if self.suggestion is not None else None
+        tried = [c for c in (race or {}).get("candidates", []) if isinstance(c, float | int) and c > 0]
+        return min([lo, *tried]), max([hi, *tried])
 
 
 Action = Literal["approve", "override", "reject"]

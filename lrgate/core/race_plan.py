@@ -33,6 +33,14 @@ RANGE_TESTS_FLOOR = 2.0  # on data so small that one training is shorter, the bu
 # The curve rules whose lowest pick starts the candidates' span: the three with the lowest regret on the tuning
 # split (lrgate's bowl, fastai's minimum and slide); any that cannot read the curve is skipped.
 SPAN_RULES = ("bowl", "minimum", "slide")
+# Before unfreeze the candidates reach this far past the range test's last lr: a one-cycle training warms up and
+# anneals, so it survives lrs above where the test's constant climb diverged, and its best lr can lie there (letters
+# with SGD: 10, the test ending at 3 to 4). Since 0.10.0, chosen by racing the 114 curves per stage of the tuning
+# split and the eight held-out splits before the ninth with and without it (budget 1: frozen mean regret 1.66 ->
+# 1.03, worst 14.4 -> 10.3, better on six of the nine, worse on the fresh and third). After unfreeze it lost (2.42 ->
+# 2.63, worst 14.3 -> 22.8: one more candidate shortens every trial, and short trials there favour low lrs whatever
+# is on offer), so a sliced race stops at the test's end.
+REACH_DECADES = 0.5
 # Compressed trials favour low lrs (short-horizon bias): within this many standard errors of the best metric a
 # compressed rung that ranks by a metric (after unfreeze: SHORT_FROZEN_RANKING ranks a frozen one by loss) counts
 # trials as level and ranks the higher lr first (2 leaned too far on the third split); every compressed rung keeps the
@@ -262,22 +270,26 @@ def candidate_lrs(
     step: float = STEP_DECADES,
     max_candidates: int = MAX_CANDIDATES,
     min_candidates: int = MIN_CANDIDATES,
+    sliced: bool = False,
 ) -> tuple[float, ...]:
     """Lrs on a lattice of ``step`` decades (1e-3, 3.2e-3, 1e-2, ... for half decades), from one step below the
-    lowest of the curve rules' ``picks`` up to the end of the range test.
+    lowest of the curve rules' ``picks`` up to :data:`REACH_DECADES` past the end of the range test (before
+    unfreeze; a ``sliced`` race, after ``unfreeze`` / ``freeze_to``, up to the end).
 
-    Why up to the end: the range test's lr climbs through one batch each, while the stage warms up and anneals
-    (one cycle), so the best lr of a whole training often lies above every curve rule's pick, up to where the test
-    diverged. A pick in the test's first quarter (log lr) sets no span: there the smoothed loss still rests on
-    its first few batches, and a rule that picks there found nothing to read (the bowl rule's own reason). Past
-    ``max_candidates`` the step widens; under ``min_candidates`` the lattice reaches further down.
+    Why that far: the range test's lr climbs through one batch each, while the stage warms up and anneals (one
+    cycle), so the best lr of a whole training often lies above every curve rule's pick, up to where the test
+    diverged and past it: a one-cycle training survives an lr whose constant climb blew the test up. A pick in the
+    test's first quarter (log lr) sets no span: there the smoothed loss still rests on its first few batches, and a
+    rule that picks there found nothing to read (the bowl rule's own reason). Past ``max_candidates`` the step
+    widens; under ``min_candidates`` the lattice reaches further down.
 
     Examples
     --------
     >>> [f"{lr:.2g}" for lr in candidate_lrs([1e-3, 1e-2], (1e-7, 0.5))]
-    ['0.00032', '0.001', '0.0032', '0.01', '0.032', '0.1', '0.32']
+    ['0.00032', '0.001', '0.0032', '0.01', '0.032', '0.1', '0.32', '1']
     """
     first, last = (math.log10(v) for v in tested_range)
+    top = last + (0.0 if sliced else REACH_DECADES)
     if not any(math.isfinite(p) and p > 0 for p in picks):
         raise RaceError("no curve rule gave an lr to race around")
     early = first + EARLY_SHARE * (last - first)
@@ -285,13 +297,13 @@ def candidate_lrs(
     if not read:
         read = [10 ** (early + step)]  # every rule sat where the curve has nothing to read: race up from there
     low = math.log10(min(read))
-    if (last - low) / step + 2 > max_candidates:
-        step = (last - low) / (max_candidates - 2)
-    end = math.floor(last / step + 1e-9)
+    if (top - low) / step + 2 > max_candidates:
+        step = (top - low) / (max_candidates - 2)
+    end = math.floor(top / step + 1e-9)
     start = math.ceil((low - step) / step - 1e-9)  # the lattice point a step below the lowest pick
     start = max(min(start, end - min_candidates + 1), math.ceil(first / step - 1e-9))  # too few: reach down
     xs = step * np.arange(start, end + 1)
-    return tuple(float(lr) for lr in np.unique(np.clip(10**xs, *tested_range)))
+    return tuple(float(lr) for lr in np.unique(np.clip(10**xs, tested_range[0], 10**top)))
 
 
 def rule_picks(

@@ -167,9 +167,9 @@ def _typed(text: str) -> float | None:
 
 def read_answer(answer: Answer, record: GateRecord) -> tuple[Value | None, str | None]:
     """The value an answer trains with (an lr, ``[lo, hi]``, or None to reject) and what is wrong with it, if
-    anything: what the form's schema cannot check (a reason to reject, a typed value inside the tested range,
-    both ends of a typed slice, lo <= hi, an approval that picked or typed another value)."""
-    lo, hi = record.tested_range
+    anything: what the form's schema cannot check (a reason to reject, a typed value inside the lrs the range test
+    and the race tried, both ends of a typed slice, lo <= hi, an approval that picked or typed another value)."""
+    lo, hi = record.override_range
     picked = choices(record).get(getattr(answer, "choice", None))
     typed: Any
     if record.takes_slice:
@@ -192,7 +192,7 @@ def read_answer(answer: Answer, record: GateRecord) -> tuple[Value | None, str |
         return None, "an override needs a value: pick a choice or type one"
     for v in value if isinstance(value, list) else [value]:
         if not lo <= v <= hi:
-            return None, f"{v:g} is outside the lrs the range test tried, {lo:.3g} .. {hi:.3g}"
+            return None, f"{v:g} is outside the lrs the range test and the race tried, {lo:.3g} .. {hi:.3g}"
     if isinstance(value, list) and value[0] > value[1]:
         return None, f"slice_lo ({value[0]:g}) must not exceed slice_hi ({value[1]:g})"
     return value, None

@@ -163,12 +163,14 @@ def answer(
         if slice_ is not None and not takes_slice:
             raise ReviewError(f"gate {info['gate']} trains with one lr: use --lr")
         given = [lr] if lr is not None else list(slice_ or ())
-        if given and info.get("tested_range"):  # not published by older runs: the flow checks it either way
-            lo, hi = info["tested_range"]
+        bounds = info.get("override_range") or info.get("tested_range")  # lrgate < 0.10: the range test's
+        if given and bounds:  # not published by older runs: the flow checks it either way
+            lo, hi = bounds
             for v in given:
                 if not lo <= v <= hi:
                     raise ReviewError(
-                        f"{v:g} is outside the lrs gate {info['gate']}'s range test tried, {lo:.3g} .. {hi:.3g}"
+                        f"{v:g} is outside the lrs gate {info['gate']}'s range test and race tried, "
+                        f"{lo:.3g} .. {hi:.3g}"
                     )
         if lr is not None:
             body["lr"] = repr(lr)

@@ -189,7 +189,8 @@ def race(
     picks : dict
         Each curve rule's lr (a slice's upper end) by name: they set the candidates' span and go in the record.
     tested_range : (float, float)
-        The range test's first and last lr: candidates stay inside it.
+        The range test's first and last lr: candidates start inside it and, before unfreeze, reach half a decade
+        past its end (:func:`~lrgate.core.race_plan.candidate_lrs`).
     epochs : float
         How long the stage trains (``fit_one_cycle(epochs, ...)``): trials are that schedule, compressed.
     range_test_iterations : int
@@ -213,7 +214,8 @@ def race(
     stage_iterations = stage_length(learn, epochs)
     budget_its = budget_iterations(stage_iterations, range_test_iterations, budget)
     if candidates is None:
-        candidates = affordable(candidate_lrs(list(picks.values()), tested_range), stage_iterations, budget_its)
+        spanned = candidate_lrs(list(picks.values()), tested_range, sliced=ratio is not None)
+        candidates = affordable(spanned, stage_iterations, budget_its)
     alive = list(candidates)
     plan = plan_rungs(len(alive), stage_iterations, budget_its)
     log(
