@@ -1,12 +1,12 @@
 """The gates between stages: go on by themselves (``auto``) or wait for a person (``manual``).
 
-A manual gate pauses the flow run with a Prefect ``RunInput`` form: approve, override (one of the gate's
-choices from a pick list, or a typed lr or slice) or reject with a reason, and a required reviewer. The form's
-description carries the suggestion, the choices table and the review plot (embedded as a PNG data URI), so the
-Prefect UI shows everything on one page. The server checks what the form's schema says (a choice from the list,
-a typed value that reads as a number); the rest (inside the tested lr range, lo <= hi, a reason to reject) is
-checked by the gate policy (:func:`lrgate.operations.gate_policy.read_answer`), and the gate waits again with the
-reason shown.
+A manual gate pauses the flow run with a Prefect ``RunInput`` form: approve, override (one of the gate's choices
+from a pick list, or a typed lr or slice) or reject with a reason, and a required reviewer. The form's description
+carries the suggestion, the choices table and the review plot (embedded as a PNG data URI), so the Prefect UI shows
+everything on one page. The server checks what the form's schema says (a choice from the list, a typed value that
+reads as a number); the rest (inside the lrs the range test and race tried, lo <= hi, a reason to reject) is checked
+by the gate policy (:func:`lrgate.operations.gate_policy.read_answer`), and the gate waits again with the reason
+shown.
 
 A deployed run suspends (its process and GPU are freed; on resume the flow re-runs and finished stages come
 back cached); a local run pauses in place, having released its GPU memory first. Each decision is written to
@@ -69,7 +69,7 @@ def answer_form(record: GateRecord) -> type[RunInput]:
             Literal[tuple(picks)],
             Field(picks[0], description="override: train with this one of the gate's choices"),
         )
-    typed = f"{lo:.1e} .. {hi:.1e}, e.g. 3e-3 or 0.003"
+    typed = f"{lo:.3g} .. {hi:.3g}, e.g. 3e-3 or 0.003"  # the bounds as the refusal states them (3.16, not 3.2)
     either = "; when given, it wins over the choice" if picks else ""
     if not record.takes_slice:
         fields["lr"] = (str, Field("", pattern=TYPED_LR, description=f"override: or type an lr, {typed}{either}"))

@@ -153,6 +153,9 @@ def _pending(args: argparse.Namespace) -> int:
         suggested = f"nothing (curve unreadable: {r['error']})" if r["error"] else r["suggestion"]
         print(f"{r['run_id']}  {r['name']}  gate {r['gate']}  suggested {suggested}  since {r['since']}")
         print(f"    plot: {r['plot']}" + "".join(f"\n    warning: {w}" for w in r["warnings"]))
+        if r["override_range"]:
+            lo, hi = r["override_range"]
+            print(f"    an override may be {lo:.3g} .. {hi:.3g} (the lrs its range test and race tried)")
     return 0
 
 

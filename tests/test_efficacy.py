@@ -162,7 +162,7 @@ def test_recording_runs_in_chunks_and_resumes_without_redoing_results(trains, tm
 
 RACE = "race (budget 1)"
 HELD_OUT_SPLITS = ("held_out", "fresh", "third")  # the first three, as 0.4.0 was first judged
-EVERY_HELD_OUT_SPLIT = (*HELD_OUT_SPLITS, "fourth", "fifth", "sixth", "seventh", "eighth")
+EVERY_HELD_OUT_SPLIT = (*HELD_OUT_SPLITS, "fourth", "fifth", "sixth", "seventh", "eighth", "ninth")
 
 
 @pytest.fixture(scope="module")
@@ -288,8 +288,8 @@ def test_on_the_fourth_and_sixth_splits_the_race_wins_before_unfreeze_and_loses_
     assert (unfrozen[RACE] < unfrozen[efficacy.HINDSIGHT]) == unfrozen_beats_hindsight
 
 
-@pytest.mark.parametrize("split", ["fifth", "seventh", "eighth"])
-def test_on_the_fifth_seventh_and_eighth_splits_the_race_beats_every_curve_rule_and_the_hindsight_lr_on_both_stages(
+@pytest.mark.parametrize("split", ["fifth", "seventh", "eighth", "ninth"])
+def test_on_the_fifth_and_seventh_to_ninth_splits_the_race_beats_every_curve_rule_and_the_hindsight_lr_on_both_stages(
     raced, split
 ):
     # split-fifth.json was committed before 0.6.0's change was chosen and first judged it; 0.7.0's loss guard was
@@ -297,7 +297,9 @@ def test_on_the_fifth_seventh_and_eighth_splits_the_race_beats_every_curve_rule_
     # split-seventh.json was committed before 0.8.0's change was chosen, recorded before it was committed and raced
     # after: the first split that judges 0.8.0 (0.9.0's change was chosen with its frozen curves raced).
     # split-eighth.json was committed before 0.9.0's change was chosen, recorded before it was committed and raced
-    # after: the first split that judges 0.9.0
+    # after: the first split that judges 0.9.0 (0.10.0's change was chosen with all eight earlier splits raced).
+    # split-ninth.json was committed and recorded before 0.10.0's change was chosen, and raced after it was
+    # committed: the first split that judges 0.10.0
     mean = efficacy.summary(raced[split])
     for stage in efficacy.STAGES:
         assert mean.loc[RACE, f"{stage} mean"] < min(mean.loc[n, f"{stage} mean"] for n in _curve_rules()), stage
@@ -305,10 +307,10 @@ def test_on_the_fifth_seventh_and_eighth_splits_the_race_beats_every_curve_rule_
 
 
 @pytest.mark.parametrize("stage", efficacy.STAGES)
-def test_over_all_eight_held_out_splits_the_race_beats_every_curve_rule_and_the_hindsight_lr(bench, raced, stage):
+def test_over_all_nine_held_out_splits_the_race_beats_every_curve_rule_and_the_hindsight_lr(bench, raced, stage):
     pooled = pd.concat(raced[split] for split in EVERY_HELD_OUT_SPLIT)
     pooled = pooled[pooled["stage"] == stage]
-    assert (pooled["method"] == RACE).sum() == sum(len(bench.pairs(split)) for split in EVERY_HELD_OUT_SPLIT) == 106
+    assert (pooled["method"] == RACE).sum() == sum(len(bench.pairs(split)) for split in EVERY_HELD_OUT_SPLIT) == 121
     mean = pooled.groupby("method")["regret"].mean()  # each split's own hindsight lr, pooled like the race
     assert mean[RACE] < min(mean[name] for name in [*_curve_rules(), efficacy.HINDSIGHT])
 

@@ -15,7 +15,7 @@ from lrgate.core.config import load_config
 from lrgate.core.gate_records import GateRecord
 from lrgate.flows.gates import answer_form
 from lrgate.operations.gate_policy import choices, read_answer
-from lrgate.operations.review import pending
+from lrgate.operations.review import override_bounds, pending
 from tests.conftest import suggestion_record, tiny_config
 
 LRGATE = str(Path(sys.executable).parent / "lrgate")
@@ -100,6 +100,8 @@ def test_bad_answers_are_refused_and_the_run_stays_paused_then_a_rejection_stops
     suggestion = json.loads((run_dir / "gate-frozen" / "suggestion.json").read_text())
     tried = [*suggestion["tested_range"], *(suggestion.get("race") or {}).get("candidates", [])]
     lo, hi = min(tried), max(tried)
+    assert gate1["override_range"] == [lo, hi]  # as the flow published it, for the CLI's check
+    assert f"an override may be {lo:.3g} .. {hi:.3g}" in lrgate("pending").stdout
     assert f"1e+09 is outside the lrs gate frozen's range test and race tried, {lo:.3g} .. {hi:.3g}" in out.stderr
     # Not a number (what the UI's number input made of 3e-3): the server refuses it against the form's schema.
     with pytest.raises(RuntimeError, match="does not match"):
@@ -253,7 +255,7 @@ def test_a_race_candidate_past_the_range_tests_end_can_be_picked_and_typed_and_b
     record = gate_record(candidates=[0.1, 0.5, 1.6])
     assert record.tested_range == (1e-7, 0.5) and record.override_range == (1e-7, 1.6)
     form = answer_form(record)
-    assert "1.0e-07 .. 1.6e+00" in form.model_json_schema()["properties"]["lr"]["description"]
+    assert "1e-07 .. 1.6, e.g." in form.model_json_schema()["properties"]["lr"]["description"]
     assert read_answer(form(reviewer="bo", decision="override", choice="1.60e+00 (race candidate)"), record) == (
         1.6,
         None,
@@ -262,6 +264,13 @@ def test_a_race_candidate_past_the_range_tests_end_can_be_picked_and_typed_and_b
     assert read_answer(form(reviewer="bo", decision="override", lr="2"), record)[1] == (
         "2 is outside the lrs the range test and the race tried, 1e-07 .. 1.6"
     )
+
+
+def test_the_cli_bounds_an_override_by_what_the_waiting_gate_published():
+    info = {"tested_range": [1e-7, 0.5], "override_range": [1e-7, 1.6]}
+    assert override_bounds(info) == (1e-7, 1.6)  # the range test's and the race's lrs
+    assert override_bounds({"tested_range": [1e-7, 0.5]}) == (1e-7, 0.5)  # published by lrgate < 0.10
+    assert override_bounds({}) is None  # older still: the flow checks it alone
 
 
 def test_a_slice_gates_choices_are_slices_and_a_typed_slice_needs_both_ends():

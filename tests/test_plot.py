@@ -99,3 +99,14 @@ def test_the_race_panel_crosses_out_a_compressed_trial_whose_loss_ran_away():
     short = Figure()  # every rung shorter than the stage, before unfreeze: one axis, the loss
     race_panel(short.subplots(), dataclasses.replace(race, stage_iterations=200))
     assert len(short.axes) == 1 and short.axes[0].get_ylabel().startswith("valid_loss")
+
+
+def test_the_lr_axis_reaches_a_race_candidate_past_the_tests_end():
+    # before unfreeze the race's candidates reach half a decade past the range test's last lr (REACH_DECADES)
+    s = suggest(10**X, bowl(X, (-3, 1.0)), "frozen")
+    top = s.tested_range[1] * 10**0.5
+    trials = (Trial(0, 1e-3, 16, 1.0, 0.5, 0.1), Trial(0, top, 16, 0.9, 0.6, 0.1))
+    race = Race((1e-3, top), trials, top, None, "accuracy", {}, 16, 32, 0.2)
+    curve, panel = review_figure(dataclasses.replace(s, race=race, lr=top)).axes[:2]
+    assert curve.get_xlim()[1] > top and panel.get_xlim() == curve.get_xlim()  # the winner, ringed, in sight
+    assert review_figure(s).axes[0].get_xlim()[1] == s.tested_range[1]  # no race: the curve's own span

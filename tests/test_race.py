@@ -105,6 +105,7 @@ def test_after_unfreeze_the_race_returns_a_slice_with_the_curves_ratio(body, tmp
     assert isinstance(s.value, slice) and s.value.stop == s.race.winner
     assert np.isclose(s.value.stop / s.value.start, curve.slice[1] / curve.slice[0])
     assert s.race.winner in s.race.candidates
+    assert max(s.race.candidates) <= s.tested_range[1]  # after unfreeze the candidates stop at the test's end
     assert s.to_dict()["race"]["cost"]["trainings"] > 0
 
 

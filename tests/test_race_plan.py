@@ -85,6 +85,12 @@ def test_a_wide_span_widens_the_step_to_at_most_the_maximum():
     assert np.allclose(steps, steps[0])  # evenly spaced in log lr
 
 
+def test_after_unfreeze_the_candidates_stop_where_the_test_ended():
+    picks = [3e-3, 2e-2, 0.4]
+    assert candidate_lrs(picks, (1e-7, 2.0), sliced=True) == candidate_lrs(picks, (1e-7, 2.0))[:-1]
+    assert max(candidate_lrs(picks, (1e-7, 2.0), sliced=True)) <= 2.0
+
+
 def test_picks_near_the_end_still_get_enough_candidates():
     lrs = candidate_lrs([5.0, 5.0], (1e-7, 8.0))
     assert len(lrs) >= 4 and max(lrs) <= 8.0 * 10**REACH_DECADES and min(lrs) < 5.0

@@ -72,7 +72,9 @@ def review_figure(s: Suggestion, *, show_maxima: bool = False) -> Figure:
     ax.set_ylim(*_limits(head["loss"].to_numpy()))
     ax_grad.set_ylim(*_limits(head["loss_grad"].to_numpy()))
     ax.set_xscale("log")
-    ax.set_xlim(lrs[0], lrs[-1])
+    # a race's candidates may reach past the test's end (race_plan.REACH_DECADES): the shared axis shows them all
+    right = max([lrs[-1], *(s.race.candidates if s.race is not None else ())])
+    ax.set_xlim(lrs[0], right if right == lrs[-1] else right * 10**0.15)
     if s.race is None:
         ax.set_xlabel("learning rate (log scale)")
     ax.set_ylabel("loss", color=LOSS_COLOR)

@@ -37,9 +37,11 @@ SPAN_RULES = ("bowl", "minimum", "slide")
 # anneals, so it survives lrs above where the test's constant climb diverged, and its best lr can lie there (letters
 # with SGD: 10, the test ending at 3 to 4). Since 0.10.0, chosen by racing the 114 curves per stage of the tuning
 # split and the eight held-out splits before the ninth with and without it (budget 1: frozen mean regret 1.66 ->
-# 1.03, worst 14.4 -> 10.3, better on six of the nine, worse on the fresh and third). After unfreeze it lost (2.42 ->
-# 2.63, worst 14.3 -> 22.8: one more candidate shortens every trial, and short trials there favour low lrs whatever
-# is on offer), so a sliced race stops at the test's end.
+# 1.03, worst 14.4 -> 10.3, better on six of the nine, worse on the fresh and third). Only 6 of those 114 winners
+# lie past the test's end (letters with SGD); the rest of the gain is winners that moved with the extra candidate's
+# shorter rungs, as much draw as design. After unfreeze it lost (2.42 -> 2.63, worst 14.3 -> 22.8: one more
+# candidate shortens every trial, and short trials there favour low lrs whatever is on offer), so a sliced race
+# stops at the test's end.
 REACH_DECADES = 0.5
 # Compressed trials favour low lrs (short-horizon bias): within this many standard errors of the best metric a
 # compressed rung that ranks by a metric (after unfreeze: SHORT_FROZEN_RANKING ranks a frozen one by loss) counts

@@ -1,10 +1,9 @@
 """The reviewer's side of a manual gate, against the Prefect API in ``PREFECT_API_URL``.
 
-``pending()`` lists runs waiting at a gate; ``answer()`` resumes one with an approval, an override or a
-rejection. The server checks the answer against the gate's form; what a schema cannot say (an lr inside the range
-the gate's test tried, lo <= hi, a reason to reject, the right kind of override for the gate) is checked here
-first, and again by the flow. An override is sent as text (the form's typed field), ``repr`` of the float: exact.
-"""
+``pending()`` lists runs waiting at a gate; ``answer()`` resumes one with an approval, an override or a rejection.
+The server checks the answer against the gate's form; what a schema cannot say (an lr inside the lrs the gate's
+range test and race tried, lo <= hi, a reason to reject, the right kind of override for the gate) is checked here
+first, and again by the flow. An override is sent as text (the form's typed field), ``repr`` of the float: exact."""
 
 from __future__ import annotations
 
@@ -67,8 +66,16 @@ def _gate_info(client, run_id: UUID) -> dict[str, Any] | None:
     return None
 
 
+def override_bounds(info: dict[str, Any]) -> tuple[float, float] | None:
+    """The bounds of an override at a waiting gate, from what its flow published: the lrs its range test and race
+    tried (``override_range``, lrgate 0.10 and later), else its range test's (``tested_range``); None if neither."""
+    bounds = info.get("override_range") or info.get("tested_range")
+    return (float(bounds[0]), float(bounds[1])) if bounds else None
+
+
 def pending() -> list[dict[str, Any]]:
-    """Runs of the lrgate flow that wait at a gate: run id and name, gate, suggestion, plot path, since when."""
+    """Runs of the lrgate flow that wait at a gate: run id and name, gate, suggestion, the bounds of an override,
+    plot path, since when."""
     from prefect.client.schemas.filters import (
         FlowFilter,
         FlowFilterName,
@@ -97,6 +104,7 @@ def pending() -> list[dict[str, Any]]:
                     "since": run.state.timestamp.isoformat() if run.state else None,
                     "gate": info.get("gate"),
                     "suggestion": s.get("slice") or s.get("lr"),
+                    "override_range": list(bounds) if (bounds := override_bounds(info)) else None,
                     "warnings": s.get("warnings", []),
                     "error": info.get("error"),
                     "plot": info.get("plot"),
@@ -163,7 +171,7 @@ def answer(
         if slice_ is not None and not takes_slice:
             raise ReviewError(f"gate {info['gate']} trains with one lr: use --lr")
         given = [lr] if lr is not None else list(slice_ or ())
-        bounds = info.get("override_range") or info.get("tested_range")  # lrgate < 0.10: the range test's
+        bounds = override_bounds(info)
         if given and bounds:  # not published by older runs: the flow checks it either way
             lo, hi = bounds
             for v in given:
