@@ -213,8 +213,9 @@ def race(
     score = score or default_score(learn)
     stage_iterations = stage_length(learn, epochs)
     budget_its = budget_iterations(stage_iterations, range_test_iterations, budget)
+    sliced = ratio is not None  # after unfreeze / freeze_to: the plan's rules for a slice
     if candidates is None:
-        spanned = candidate_lrs(list(picks.values()), tested_range, sliced=ratio is not None)
+        spanned = candidate_lrs(list(picks.values()), tested_range, sliced=sliced)
         candidates = affordable(spanned, stage_iterations, budget_its)
     alive = list(candidates)
     plan = plan_rungs(len(alive), stage_iterations, budget_its)
@@ -241,8 +242,8 @@ def race(
             trials += rung_trials
             if k + 1 < len(plan.rungs):
                 keep = plan.rungs[k + 1].candidates
-                alive = next_rung(rung_trials, keep, score, n_valid, stage_iterations, sliced=ratio is not None)
-        winner, warnings = race_winner(trials, score, n_valid, stage_iterations, sliced=ratio is not None)
+                alive = next_rung(rung_trials, keep, score, n_valid, stage_iterations, sliced)
+        winner, warnings = race_winner(trials, score, n_valid, stage_iterations, sliced)
     finally:
         snapshot.restore(learn)
     result = Race(
