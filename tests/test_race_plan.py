@@ -11,8 +11,10 @@ import pytest
 from lrgate.core.curve_file import read_curve_csv
 from lrgate.core.race_plan import (
     MAX_CANDIDATES,
+    MIN_CANDIDATES,
     MIN_TRIAL_ITERATIONS,
     REACH_DECADES,
+    SLICE_SPAN_DECADES,
     Race,
     RaceError,
     Trial,
@@ -85,10 +87,14 @@ def test_a_wide_span_widens_the_step_to_at_most_the_maximum():
     assert np.allclose(steps, steps[0])  # evenly spaced in log lr
 
 
-def test_after_unfreeze_the_candidates_stop_where_the_test_ended():
+def test_after_unfreeze_the_candidates_span_two_decades_below_where_the_test_ended():
     picks = [3e-3, 2e-2, 0.4]
-    assert candidate_lrs(picks, (1e-7, 2.0), sliced=True) == candidate_lrs(picks, (1e-7, 2.0))[:-1]
-    assert max(candidate_lrs(picks, (1e-7, 2.0), sliced=True)) <= 2.0
+    sliced = candidate_lrs(picks, (1e-7, 2.0), sliced=True)
+    assert sliced == candidate_lrs(picks, (1e-7, 2.0))[2:-1]  # 1e-2 .. 1: from 1, the test's end's lattice point
+    assert np.isclose(np.log10(sliced[-1] / sliced[0]), SLICE_SPAN_DECADES) and max(sliced) <= 2.0
+    # every pick near the end: a step below the lowest, and down to the fewest candidates
+    assert np.allclose(np.log10(candidate_lrs([1.0, 1.5], (1e-7, 20.0), sliced=True)), [-0.5, 0.0, 0.5, 1.0])
+    assert MIN_CANDIDATES == 4
 
 
 def test_picks_near_the_end_still_get_enough_candidates():

@@ -190,7 +190,8 @@ def race(
         Each curve rule's lr (a slice's upper end) by name: they set the candidates' span and go in the record.
     tested_range : (float, float)
         The range test's first and last lr: candidates start inside it and, before unfreeze, reach half a decade
-        past its end (:func:`~lrgate.core.race_plan.candidate_lrs`).
+        past its end; after unfreeze they lie within two decades below its end
+        (:func:`~lrgate.core.race_plan.candidate_lrs`).
     epochs : float
         How long the stage trains (``fit_one_cycle(epochs, ...)``): trials are that schedule, compressed.
     range_test_iterations : int
