@@ -162,7 +162,7 @@ def test_recording_runs_in_chunks_and_resumes_without_redoing_results(trains, tm
 
 RACE = "race (budget 1)"
 HELD_OUT_SPLITS = ("held_out", "fresh", "third")  # the first three, as 0.4.0 was first judged
-EVERY_HELD_OUT_SPLIT = (*HELD_OUT_SPLITS, "fourth", "fifth", "sixth", "seventh", "eighth", "ninth")
+EVERY_HELD_OUT_SPLIT = (*HELD_OUT_SPLITS, "fourth", "fifth", "sixth", "seventh", "eighth", "ninth", "tenth")
 
 
 @pytest.fixture(scope="module")
@@ -270,47 +270,46 @@ def test_on_the_third_split_the_race_beats_the_fixed_lr_in_hindsight_on_both_sta
         assert mean.loc[RACE, f"{stage} mean"] < mean.loc[efficacy.HINDSIGHT, f"{stage} mean"], stage
 
 
-@pytest.mark.parametrize(("split", "unfrozen_beats_hindsight"), [("fourth", False), ("sixth", True)])
-def test_on_the_fourth_and_sixth_splits_the_race_wins_before_unfreeze_and_loses_to_slide_after(
-    raced, split, unfrozen_beats_hindsight
-):
-    # split-fourth.json was committed before it was recorded, with 0.4.0's race; neither 0.6.0's change nor 0.7.0's
-    # was tried on it before it was chosen. split-sixth.json was committed before 0.7.0's change was chosen, recorded
-    # before it was committed and raced after: the first split that judges 0.7.0. 0.8.0's lean after unfreeze was
-    # chosen on other splits, but with both splits' figures for it seen (README). README, "How far from the target":
-    # on both, before unfreeze the race beats every curve rule and the hindsight lr; after, it beats the default but
-    # not slide; the hindsight lr after unfreeze on the sixth only (so the README must change if this does)
-    mean = efficacy.summary(raced[split])
-    frozen, unfrozen = mean["frozen mean"], mean["unfrozen mean"]
-    assert frozen[RACE] < min(frozen[name] for name in [*_curve_rules(), efficacy.HINDSIGHT])
-    assert unfrozen[RACE] < unfrozen["lrgate default (bowl)"]
-    assert unfrozen[RACE] > unfrozen["fastai slide"]
-    assert (unfrozen[RACE] < unfrozen[efficacy.HINDSIGHT]) == unfrozen_beats_hindsight
+def test_on_the_fourth_split_the_race_beats_every_curve_rule_and_the_hindsight_lr_before_unfreeze_only(raced):
+    # split-fourth.json was committed before it was recorded, with 0.4.0's race; 0.9.0 to 0.11.0 were chosen with it
+    # raced (README: tuned on). README, "How far from the target": the race beats every curve rule on both stages
+    # and the hindsight lr before unfreeze, not after (so the README must change if this does)
+    mean = efficacy.summary(raced["fourth"])
+    for stage in efficacy.STAGES:
+        assert mean.loc[RACE, f"{stage} mean"] < min(mean.loc[n, f"{stage} mean"] for n in _curve_rules()), stage
+    assert mean.loc[RACE, "frozen mean"] < mean.loc[efficacy.HINDSIGHT, "frozen mean"]
+    assert mean.loc[RACE, "unfrozen mean"] > mean.loc[efficacy.HINDSIGHT, "unfrozen mean"]
 
 
-@pytest.mark.parametrize("split", ["fifth", "seventh", "eighth", "ninth"])
-def test_on_the_fifth_and_seventh_to_ninth_splits_the_race_beats_every_curve_rule_and_the_hindsight_lr_on_both_stages(
-    raced, split
-):
+@pytest.mark.parametrize("split", ["fifth", "sixth", "seventh", "eighth", "ninth", "tenth"])
+def test_on_the_fifth_to_tenth_splits_the_race_beats_every_curve_rule_and_the_hindsight_lr_on_both_stages(raced, split):
     # split-fifth.json was committed before 0.6.0's change was chosen and first judged it; 0.7.0's loss guard was
     # chosen on it (README: tuned on since 0.7.0; 0.6.0 lost 33.5 points on a photos curve before unfreeze here).
-    # split-seventh.json was committed before 0.8.0's change was chosen, recorded before it was committed and raced
-    # after: the first split that judges 0.8.0 (0.9.0's change was chosen with its frozen curves raced).
-    # split-eighth.json was committed before 0.9.0's change was chosen, recorded before it was committed and raced
-    # after: the first split that judges 0.9.0 (0.10.0's change was chosen with all eight earlier splits raced).
-    # split-ninth.json was committed and recorded before 0.10.0's change was chosen, and raced after it was
-    # committed: the first split that judges 0.10.0
+    # split-sixth.json first judged 0.7.0. split-seventh.json was committed before 0.8.0's change was chosen,
+    # recorded before it was committed and raced after: the first split that judges 0.8.0; the eighth judged 0.9.0,
+    # the ninth 0.10.0 (each tuned on for the changes after it). split-tenth.json was committed and recorded before
+    # 0.11.0's change was chosen, and raced after it was committed: the first split that judges 0.11.0
     mean = efficacy.summary(raced[split])
     for stage in efficacy.STAGES:
         assert mean.loc[RACE, f"{stage} mean"] < min(mean.loc[n, f"{stage} mean"] for n in _curve_rules()), stage
         assert mean.loc[RACE, f"{stage} mean"] < mean.loc[efficacy.HINDSIGHT, f"{stage} mean"], stage
 
 
+def test_on_the_tenth_split_the_race_meets_the_target_before_unfreeze_and_misses_it_after(raced):
+    # README, "How far from the target": mean regret <= 1 and worst <= 3 at a cost of at most one training (the
+    # median race here costs 1.1: small stages get two range tests' worth, as the issue allows); not after unfreeze
+    table = raced["tenth"]
+    race = table[table["method"] == RACE]
+    frozen, unfrozen = race[race["stage"] == "frozen"]["regret"], race[race["stage"] == "unfrozen"]["regret"]
+    assert frozen.mean() <= 1 and frozen.max() <= 3
+    assert unfrozen.mean() > 1 and unfrozen.max() > 3
+
+
 @pytest.mark.parametrize("stage", efficacy.STAGES)
-def test_over_all_nine_held_out_splits_the_race_beats_every_curve_rule_and_the_hindsight_lr(bench, raced, stage):
+def test_over_all_ten_held_out_splits_the_race_beats_every_curve_rule_and_the_hindsight_lr(bench, raced, stage):
     pooled = pd.concat(raced[split] for split in EVERY_HELD_OUT_SPLIT)
     pooled = pooled[pooled["stage"] == stage]
-    assert (pooled["method"] == RACE).sum() == sum(len(bench.pairs(split)) for split in EVERY_HELD_OUT_SPLIT) == 121
+    assert (pooled["method"] == RACE).sum() == sum(len(bench.pairs(split)) for split in EVERY_HELD_OUT_SPLIT) == 136
     mean = pooled.groupby("method")["regret"].mean()  # each split's own hindsight lr, pooled like the race
     assert mean[RACE] < min(mean[name] for name in [*_curve_rules(), efficacy.HINDSIGHT])
 
