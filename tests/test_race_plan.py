@@ -92,9 +92,9 @@ def test_after_unfreeze_the_candidates_span_two_decades_below_where_the_test_end
     sliced = candidate_lrs(picks, (1e-7, 2.0), sliced=True)
     assert sliced == candidate_lrs(picks, (1e-7, 2.0))[2:-1]  # 1e-2 .. 1: from 1, the test's end's lattice point
     assert np.isclose(np.log10(sliced[-1] / sliced[0]), SLICE_SPAN_DECADES) and max(sliced) <= 2.0
-    # every pick near the end: a step below the lowest, and down to the fewest candidates
-    assert np.allclose(np.log10(candidate_lrs([1.0, 1.5], (1e-7, 20.0), sliced=True)), [-0.5, 0.0, 0.5, 1.0])
-    assert MIN_CANDIDATES == 4
+    # every pick near the end (a step below 5 is 3.2): down to the fewest candidates, as before unfreeze
+    lrs = candidate_lrs([5.0], (1e-7, 20.0), sliced=True)
+    assert len(lrs) == MIN_CANDIDATES and np.allclose(np.log10(lrs), [-0.5, 0.0, 0.5, 1.0])
 
 
 def test_picks_near_the_end_still_get_enough_candidates():
