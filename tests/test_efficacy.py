@@ -172,7 +172,9 @@ def raced(bench) -> dict[str, pd.DataFrame]:
     return {split: efficacy.score_table(bench, split, extra=extra) for split in EVERY_HELD_OUT_SPLIT}
 
 
-@pytest.mark.parametrize("key", ["third", "fourth", "fifth", "sixth", "seventh", "eighth", "ninth", "tenth"])
+@pytest.mark.parametrize(
+    "key", ["third", "fourth", "fifth", "sixth", "seventh", "eighth", "ninth", "tenth", "eleventh"]
+)
 def test_a_later_split_is_new_tasks_and_new_seeds_only_and_fully_recorded(bench, key):
     split = bench.split[key]
     before = list(efficacy.LATER_SPLITS)[: list(efficacy.LATER_SPLITS).index(key)]  # fresh, third, ...
