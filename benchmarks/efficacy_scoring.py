@@ -424,42 +424,58 @@ def regret_plot(table: pd.DataFrame, path: str | Path, title: str = "") -> Path:
 
 
 def cost_plot(table: pd.DataFrame, path: str | Path, grid_size: dict[str, int], title: str = "") -> Path:
-    """Mean regret against median cost in trainings of the stage, one panel per stage; the oracle grid at zero
-    regret and its size; of the rules that cost nothing, the best two are named and the rest grey. Written
-    atomically as PNG."""
+    """Mean regret against median cost in trainings of the stage, one panel per stage, written atomically as PNG.
+
+    Names go in each panel's legend, not beside the points (the race's budgets lie close together): the race's
+    budgets as one green line, each point marked with its budget; the sweeps likewise, marked with their trainings;
+    of the rules that cost nothing the best two by name and the rest grey; the own seed's grid and the oracle grid
+    (zero regret, its size) in black. The dashed line is the target's mean."""
     from matplotlib.figure import Figure
 
     from lrgate.core.outputs import write_atomic
 
     s = summary(table)
-    fig = Figure(figsize=(12, 5), layout="constrained")
+    fig = Figure(figsize=(12, 5.5), layout="constrained")
     axes = fig.subplots(1, len(STAGES), sharey=True)
     for ax, stage in zip(axes, STAGES, strict=True):
-        free = s[s[f"{stage} cost"] == 0]
-        best_free = free[f"{stage} mean"].nsmallest(2).index  # label the two best rules that cost nothing
-        for name, row in s.iterrows():
-            kind = "tab:green" if name.startswith("race") else "tab:purple" if "sweep" in name else "tab:blue"
-            ax.plot(
-                row[f"{stage} cost"],
-                row[f"{stage} mean"],
-                "o",
-                color=kind if name not in free.index or name in best_free else "0.7",
-            )
-            if name not in free.index or name in best_free:
+        cost, mean = s[f"{stage} cost"], s[f"{stage} mean"]
+        free = s[cost == 0].index
+        best_free = list(mean[free].nsmallest(2).index)
+        grey = [n for n in free if n not in best_free]
+        ax.plot(cost[grey], mean[grey], "o", color="0.7", label="the other curve rules (cost 0)")
+        for name, marker in zip(best_free, ("o", "^"), strict=False):
+            ax.plot(cost[name], mean[name], marker, color="tab:blue", label=name)
+        for prefix, color, label in (
+            ("race (budget ", "tab:green", "race, budget"),
+            ("Optuna TPE sweep (", "tab:purple", "Optuna TPE sweep, trainings"),
+        ):
+            names = sorted((n for n in s.index if n.startswith(prefix)), key=lambda n: cost[n])
+            if not names:
+                continue
+            ax.plot(cost[names], mean[names], "-o", color=color, label=label)
+            for i, n in enumerate(names):  # alternate sides: budgets of the same cost (the floor) stay apart
+                mark = n[len(prefix) :].split(")")[0].split()[0]  # "0.5", "3"
+                offset, align = ((4, 3), "left") if i % 2 == 0 else ((-4, -10), "right")
                 ax.annotate(
-                    name,
-                    (row[f"{stage} cost"], row[f"{stage} mean"]),
+                    mark,
+                    (cost[n], mean[n]),
                     fontsize=7,
-                    xytext=(4, 2),
+                    color=color,
+                    xytext=offset,
                     textcoords="offset points",
+                    ha=align,
                 )
-        ax.plot(grid_size[stage], 0, "s", color="black")
-        ax.annotate("oracle grid", (grid_size[stage], 0), fontsize=7, xytext=(4, 4), textcoords="offset points")
+        rest = [n for n in s.index if n not in free and not n.startswith(("race (budget ", "Optuna TPE sweep ("))]
+        for name, marker in zip(rest, ("D", "v", "P", "X"), strict=False):
+            ax.plot(cost[name], mean[name], marker, color="black", label=name)
+        ax.plot(grid_size[stage], 0, "s", color="black", label=f"oracle grid ({grid_size[stage]} trainings)")
         ax.axhline(1, color="tab:red", lw=0.8, ls="--")
         ax.set_xscale("symlog", linthresh=1)
+        ax.margins(x=0.08)  # the grids' markers at the right end stay inside
         ax.set_xlabel("median cost: trainings of the stage beyond the range test")
         ax.set_title(f"{stage} stage")
         ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="upper right")
     axes[0].set_ylabel("mean accuracy regret (points); dashed: the target")
     if title:
         fig.suptitle(title)

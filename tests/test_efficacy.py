@@ -195,6 +195,13 @@ def test_the_race_is_recorded_for_every_held_out_curve_with_its_cost(bench):
     assert all(cost > 0 for cost in race.costs.values())
 
 
+def test_cost_plot_is_a_png_with_the_race_and_without_it(raced, held_out, tmp_path):
+    grid_size = {"frozen": 13, "unfrozen": 15}
+    for name, table in (("tenth", raced["tenth"]), ("curve rules only", held_out)):
+        out = efficacy.cost_plot(table, tmp_path / f"{name}.png", grid_size, title=name)
+        assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+
+
 def test_every_race_of_the_tables_was_run_by_one_lrgate():
     # a change to the race re-races every curve (the older races move to races-VERSION.csv): no table mixes two
     races = pd.read_csv(DATA / efficacy.RACE_FILE)
