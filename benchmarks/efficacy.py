@@ -606,7 +606,7 @@ def score(args: argparse.Namespace) -> int:
     extra = dict(scoring.carried_over(bench)) if args.split in scoring.LATER_SPLITS else {}
     extra |= scoring.race_methods(args.data)
     for n in args.sweeps:
-        extra[f"Optuna TPE sweep ({n} trainings)"] = scoring.sweep_method(bench, args.split, n)
+        extra[scoring.SWEEP_NAME.format(n)] = scoring.sweep_method(bench, args.split, n)
     extra[scoring.OWN_GRID] = scoring.own_seed_grid(bench, args.split)
     table = scoring.score_table(bench, args.split, extra=extra)
     print(scoring.format_table(table, args.split))

@@ -15,6 +15,7 @@ minus that score, in accuracy points (percent).
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -150,6 +151,11 @@ class Recorded:
         return all((t, s, stage) in self.lrs for t, s in pairs for stage in STAGES)
 
 
+# A method's name in the tables: the race at each budget, and an Optuna sweep of N full trainings.
+RACE_NAME = "race (budget {:g})"
+SWEEP_NAME = "Optuna TPE sweep ({} trainings)"
+
+
 def race_methods(folder: str | Path) -> dict[str, Recorded]:
     """The races of ``races.csv`` as methods, one per budget: ``race (budget 1)``, ..."""
     path = Path(folder) / RACE_FILE
@@ -159,7 +165,7 @@ def race_methods(folder: str | Path) -> dict[str, Recorded]:
     out = {}
     for budget, rows in races.groupby("budget"):
         keys = list(zip(rows["task"], rows["seed"].astype(int), rows["stage"], strict=True))
-        out[f"race (budget {budget:g})"] = Recorded(
+        out[RACE_NAME.format(budget)] = Recorded(
             dict(zip(keys, rows["winner"].astype(float), strict=True)),
             dict(zip(keys, rows["trainings"].astype(float), strict=True)),
         )
@@ -445,16 +451,15 @@ def cost_plot(table: pd.DataFrame, path: str | Path, grid_size: dict[str, int], 
         ax.plot(cost[grey], mean[grey], "o", color="0.7", label="the other curve rules (cost 0)")
         for name, marker in zip(best_free, ("o", "^"), strict=False):
             ax.plot(cost[name], mean[name], marker, color="tab:blue", label=name)
-        for prefix, color, label in (
-            ("race (budget ", "tab:green", "race, budget"),
-            ("Optuna TPE sweep (", "tab:purple", "Optuna TPE sweep, trainings"),
-        ):
+        lines = {RACE_NAME: ("tab:green", "race, budget"), SWEEP_NAME: ("tab:purple", "Optuna TPE sweep, trainings")}
+        prefixes = tuple(template.split("{")[0] for template in lines)  # "race (budget ", "Optuna TPE sweep ("
+        for prefix, (color, label) in zip(prefixes, lines.values(), strict=True):
             names = sorted((n for n in s.index if n.startswith(prefix)), key=lambda n: cost[n])
             if not names:
                 continue
             ax.plot(cost[names], mean[names], "-o", color=color, label=label)
             for i, n in enumerate(names):  # alternate sides: budgets of the same cost (the floor) stay apart
-                mark = n[len(prefix) :].split(")")[0].split()[0]  # "0.5", "3"
+                mark = n[len(prefix) :].split()[0].rstrip(")")  # "0.5", "3"
                 offset, align = ((4, 3), "left") if i % 2 == 0 else ((-4, -10), "right")
                 ax.annotate(
                     mark,
@@ -465,8 +470,8 @@ def cost_plot(table: pd.DataFrame, path: str | Path, grid_size: dict[str, int], 
                     textcoords="offset points",
                     ha=align,
                 )
-        rest = [n for n in s.index if n not in free and not n.startswith(("race (budget ", "Optuna TPE sweep ("))]
-        for name, marker in zip(rest, ("D", "v", "P", "X"), strict=False):
+        rest = [n for n in s.index if n not in free and not n.startswith(prefixes)]
+        for name, marker in zip(rest, itertools.cycle("DvPX")):  # every one drawn, however many
             ax.plot(cost[name], mean[name], marker, color="black", label=name)
         ax.plot(grid_size[stage], 0, "s", color="black", label=f"oracle grid ({grid_size[stage]} trainings)")
         ax.axhline(1, color="tab:red", lw=0.8, ls="--")

@@ -314,7 +314,7 @@ def candidate_lrs(
     if not read:
         read = [10 ** (early + step)]  # every rule sat where the curve has nothing to read: race up from there
     low = math.log10(min(read))
-    if sliced:  # no lower than SLICE_SPAN_DECADES below the test's end (its lattice point)
+    if sliced:  # floor SLICE_SPAN_DECADES below the end's lattice point: low a step above it, start a step below low
         low = max(low, (math.floor(last / step + 1e-9) - round(SLICE_SPAN_DECADES / step) + 1) * step)
     if (top - low) / step + 2 > max_candidates:
         step = (top - low) / (max_candidates - 2)
