@@ -477,7 +477,13 @@ def record_task(name: str, seeds: list[int], all_seeds: list[int], rec: Recorder
 
 
 def race_curve(
-    bench: scoring.Benchmark, name: str, seed: int, stage: str, budget: float, work: Path
+    bench: scoring.Benchmark,
+    name: str,
+    seed: int,
+    stage: str,
+    budget: float,
+    work: Path,
+    head_lr: float | None = None,
 ) -> tuple[dict, dict]:
     """Race on one recorded curve, from the start its grid trained from: the row for ``races.csv``, and the
     race's whole record (every trial, by rung) for ``race_trials.jsonl``."""
@@ -498,7 +504,14 @@ def race_curve(
         return {**row, **failed, "trainings": "0.000", "seconds": "0.00"}, {**key, "error": str(e)}
     with learn.no_bar():
         s = race_suggestion(
-            learn, s, (lrs, losses), epochs=TASKS[name].epochs, range_test_iterations=100, budget=budget, log=noop
+            learn,
+            s,
+            (lrs, losses),
+            epochs=TASKS[name].epochs,
+            range_test_iterations=100,
+            budget=budget,
+            head_lr=head_lr if stage == "unfrozen" else None,
+            log=noop,
         )
     r = s.race
     row |= {
@@ -542,7 +555,13 @@ def race(args: argparse.Namespace) -> int:
                 if raced and time.monotonic() > deadline:  # every chunk races at least once
                     print(f"chunk time ({args.max_minutes:g} min) is up: run the same command again to go on")
                     return 0
-                row, record = race_curve(bench, name, seed, stage, budget, args.work)
+                head = [
+                    float(r["winner"])
+                    for r in rows
+                    if (r["task"], int(r["seed"]), r["stage"]) == (name, seed, "frozen")
+                    and float(r["budget"]) == budget
+                ]
+                row, record = race_curve(bench, name, seed, stage, budget, args.work, head[-1] if head else None)
                 raced += 1
                 records.append(json.dumps(_finite_or_none(record), allow_nan=False) + "\n")
                 write_text(trials_path, "".join(records))  # first: no row without its trials (a rerun's comes last)

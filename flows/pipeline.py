@@ -71,8 +71,10 @@ def pipeline(config: str, out: str | None = None) -> dict[str, Any]:
         update_progress_artifact(progress, 100.0 * len(states) / len(STAGES))
         return result
 
-    def gate(name: str, checkpoint: str, gate_cfg) -> Decision:
-        record = GateRecord.read(stage(f"gate-{name}", lr_suggest, checkpoint, name), f"gate {name}'s range test")
+    def gate(name: str, checkpoint: str, gate_cfg, head_lr: float | None = None) -> Decision:
+        record = GateRecord.read(
+            stage(f"gate-{name}", lr_suggest, checkpoint, name, head_lr), f"gate {name}'s range test"
+        )
         decision = gate_decision(cfg, run, record, gate_cfg)
         gates.append((record, decision))
         if not decision.rejected:  # a rejection is said once, by rejected()
@@ -127,7 +129,9 @@ def pipeline(config: str, out: str | None = None) -> dict[str, Any]:
         return rejected(frozen)
     trainings.append(stage("train-frozen", train_frozen, initial["checkpoint"], frozen.value))
     unfrozen = stage("unfreeze", unfreeze, trainings[-1]["checkpoint"])
-    fine = gate("unfrozen", unfrozen["checkpoint"], cfg.gates.unfrozen)
+    # gate 2's race spans the lrs around the one the head trained with (race_plan.HEAD_SPAN_DECADES)
+    head_lr = frozen.value if isinstance(frozen.value, int | float) else None
+    fine = gate("unfrozen", unfrozen["checkpoint"], cfg.gates.unfrozen, head_lr)
     if fine.rejected:
         return rejected(fine)
     trainings.append(stage("fine-tune", fine_tune, unfrozen["checkpoint"], fine.value))

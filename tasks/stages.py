@@ -148,16 +148,19 @@ def build_learner(cfg: RunConfig, run: RunInfo) -> dict[str, Any]:
 
 
 @task(name="lr-suggest")
-def lr_suggest(cfg: RunConfig, run: RunInfo, checkpoint: str, gate: str) -> dict[str, Any]:
+def lr_suggest(
+    cfg: RunConfig, run: RunInfo, checkpoint: str, gate: str, head_lr: float | None = None
+) -> dict[str, Any]:
     """The LR range test of one gate: plot, curve data and suggestion in the run folder, and a review artifact.
     Returns the gate's record (:class:`~lrgate.core.gate_records.GateRecord`) as its JSON object: what Prefect
     persists and a resumed run reads back; the flow reads it into the record.
 
     It holds a GPU slot (:func:`gpu_slot`) for the test itself, which runs as many batches as a short fit; the
-    slot is released before the gate decides, so a gate waiting for a reviewer never holds it.
+    slot is released before the gate decides, so a gate waiting for a reviewer never holds it. After unfreeze,
+    ``head_lr`` (what the frozen stage trained with) centres the race's candidates.
     """
     with gpu_slot(f"lr-suggest {gate}") as slot:
-        record = stages.range_test(cfg, run, checkpoint, gate, log=get_run_logger().info)
+        record = stages.range_test(cfg, run, checkpoint, gate, log=get_run_logger().info, head_lr=head_lr)
     title = f"Gate {'1' if gate == 'frozen' else '2'} ({gate}) of run {run.run_id}"
     artifact = create_markdown_artifact(
         gate_markdown(record, title), key=artifact_key(cfg, f"gate-{gate}"), description=f"lrgate review: {title}"

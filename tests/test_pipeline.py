@@ -111,12 +111,16 @@ def test_both_gates_race_by_default_and_show_the_race_to_the_reviewer(finished):
         assert race["winner"] == top and top in race["candidates"]
         assert "bowl" in race["rule_picks"] and race["score"] == "accuracy"
         assert len(race["trials"]) >= len(race["candidates"]) >= 4
+        # after unfreeze the candidates lie around the lr the head trained with (race_plan.HEAD_SPAN_DECADES)
+        head = finished["decisions"]["frozen"]["value"] if gate == "unfrozen" else None
+        assert race["head_lr"] == head
         # a stage of 6 batches on this tiny data: the budget is two range tests (2 x 24 iterations)
         cost = race["cost"]
         assert cost["iterations"] <= cost["budget_iterations"] == 48 and cost["trainings"] > 1 and cost["seconds"] > 0
     assert report.count("**Race** (ranked by accuracy;") == 1  # after unfreeze; before it short rungs rank by loss
     assert report.count("**Race** (ranked by accuracy, a rung shorter than the stage by valid_loss;") == 1
     assert "(winner)** |" in report  # a table in the report
+    assert f"candidates around the frozen stage's lr, {gate_json(finished, 'frozen')['lr']:.2e}." in report
 
 
 def test_race_off_reads_the_curve_alone(prefect_api, tmp_path):

@@ -13,6 +13,8 @@ from fastai.torch_core import params, set_seed
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from lrgate.core.race_plan import HEAD_SPAN_DECADES, STEP_DECADES
+from lrgate.core.suggest import format_choices
 from lrgate.notebook import find_optimal_lr, suggest_for_learner
 from lrgate.training.race import CompressedSchedule, run_trial
 from tests.tiny_learners import tiny_cnn, transfer_learner
@@ -103,10 +105,20 @@ def test_after_unfreeze_the_race_returns_a_slice_with_the_curves_ratio(body, tmp
         curve = suggest_for_learner(learn)
         s = suggest_for_learner(learn, epochs=1, log=lambda _: None)
     assert isinstance(s.value, slice) and s.value.stop == s.race.winner
-    assert np.isclose(s.value.stop / s.value.start, curve.slice[1] / curve.slice[0])
+    ratio = curve.slice[1] / curve.slice[0]
+    assert np.isclose(s.value.stop / s.value.start, ratio)
     assert s.race.winner in s.race.candidates
     assert max(s.race.candidates) <= s.tested_range[1]  # after unfreeze the candidates stop at the test's end
-    assert s.to_dict()["race"]["cost"]["trainings"] > 0
+    assert s.to_dict()["race"]["cost"]["trainings"] > 0 and s.race.head_lr is None
+    # told the lr the frozen stage trained the head with, the race spans the lattice around it instead
+    lines = []
+    with learn.no_bar():
+        around = suggest_for_learner(learn, epochs=1, head_lr=1e-4, log=lines.append)
+    lo, hi = HEAD_SPAN_DECADES
+    assert np.allclose(np.log10(around.race.candidates), np.arange(-4 + lo, -4 + hi + 0.01, STEP_DECADES))
+    assert around.value.stop == around.race.winner and np.isclose(around.value.stop / around.value.start, ratio)
+    assert around.to_dict()["race"]["head_lr"] == 1e-4 and "around the frozen stage's lr 1.0e-04" in lines[0]
+    assert "candidates around the frozen stage's lr, 1.00e-04" in format_choices(around)
 
 
 def test_a_plain_tensor_dataset_learner_races_and_scores_by_its_loss_without_metrics(trains, tmp_path):

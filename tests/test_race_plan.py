@@ -10,11 +10,13 @@ import pytest
 
 from lrgate.core.curve_file import read_curve_csv
 from lrgate.core.race_plan import (
+    HEAD_SPAN_DECADES,
     MAX_CANDIDATES,
     MIN_CANDIDATES,
     MIN_TRIAL_ITERATIONS,
     REACH_DECADES,
     SLICE_SPAN_DECADES,
+    STEP_DECADES,
     Race,
     RaceError,
     Trial,
@@ -95,6 +97,20 @@ def test_after_unfreeze_the_candidates_span_two_decades_below_where_the_test_end
     # every pick near the end (a step below 5 is 3.2): down to the fewest candidates, as before unfreeze
     lrs = candidate_lrs([5.0], (1e-7, 20.0), sliced=True)
     assert len(lrs) == MIN_CANDIDATES and np.allclose(np.log10(lrs), [-0.5, 0.0, 0.5, 1.0])
+
+
+def test_after_unfreeze_the_frozen_stages_lr_centres_the_candidates_on_the_lattice():
+    picks = [3e-3, 2e-2, 0.4]
+    lrs = candidate_lrs(picks, (1e-7, 2.0), sliced=True, head_lr=1.5e-4)  # its nearest lattice point: 10**-4
+    lo, hi = HEAD_SPAN_DECADES
+    assert np.allclose(np.log10(lrs), np.arange(-4 + lo, -4 + hi + 0.01, STEP_DECADES))
+    assert max(lrs) < min(picks)  # neither the picks nor the range test's end bound them
+    # before unfreeze, or with no usable lr, the curve rules' span as before
+    assert candidate_lrs(picks, (1e-7, 2.0), head_lr=0.03) == candidate_lrs(picks, (1e-7, 2.0))
+    for bad in (None, math.nan, 0.0, -1.0):
+        assert candidate_lrs(picks, (1e-7, 2.0), sliced=True, head_lr=bad) == candidate_lrs(
+            picks, (1e-7, 2.0), sliced=True
+        )
 
 
 def test_picks_near_the_end_still_get_enough_candidates():

@@ -135,6 +135,8 @@ def race_panel(ax, race: Race) -> None:
             color="tab:red",
             label=f"loss ran away (> {LOSS_RUNAWAY:g}x the rung's best)" if i == 0 else "_",
         )
+    if race.head_lr is not None:  # after unfreeze: the candidates lie around the lr the head trained with
+        ax.axvline(race.head_lr, color="0.4", lw=1, ls="--", label=f"frozen stage's lr {race.head_lr:.1e}")
     best = race.winning_trial
     if best is not None and best.scored(rank_of[best.rung]) is not None:
         axis_for(rank_of[best.rung]).plot(

@@ -55,6 +55,18 @@ REACH_DECADES = 0.5
 # lost: 1.84 mean, worst 33.5. Before unfreeze the short trials rank by loss and the best lr spreads further (the
 # span from the curve rules stays).
 SLICE_SPAN_DECADES = 2.0
+# After unfreeze, when the lr the frozen stage trained the head with is known (the pipeline's gate 1, or
+# ``head_lr=`` in the API), the candidates span these decades around it instead (on the lattice, from its nearest
+# point), whatever the curve says: fastai's own ``fine_tune`` ties the body's lr to the head's (half of it), and the
+# recorded grids agree. The whole training's best unfrozen lr lies within a decade of the frozen stage's best on 51
+# of 53 tasks (median ratio 1); around 0.11.0's frozen race winner, five candidates hold the best lr of the whole
+# training (within 0.02 points on average) on the 144 unfrozen curves of the tuning split and the first ten held-out
+# splits, where 0.11.0's window below the test's end held it within 0.48. Since 0.12.0, chosen by racing those 144
+# curves (budget 1: unfrozen mean regret 1.82 -> 1.31, worst 14.3 -> 11.7; better on ten of the eleven splits).
+# A decade below to half a decade above scored 1.17 (worst 13.1), all of the difference on the EfficientNet-Lite0
+# tasks, where a thread count alone moves a winner; on the 111 curves of the tiny CNN it scored 0.97 against 0.89
+# and missed by more than 3 points on 12 against 8, and the best lr lay outside it on more curves (0.23 points).
+HEAD_SPAN_DECADES = (-1.0, 1.0)
 # Compressed trials favour low lrs (short-horizon bias): within this many standard errors of the best metric a
 # compressed rung that ranks by a metric (after unfreeze: SHORT_FROZEN_RANKING ranks a frozen one by loss) counts
 # trials as level and ranks the higher lr first (2 leaned too far on the third split); every compressed rung keeps the
@@ -144,6 +156,8 @@ class Race:
     """The race's record: what was tried, what won, what the curve rules picked, and what it cost.
 
     ``winner`` is an lr (frozen) or a slice's upper end; with ``ratio`` the slice is ``(winner / ratio, winner)``.
+    ``head_lr``, after ``unfreeze``: the lr the frozen stage trained with, when the candidates were spanned around it
+    (:data:`HEAD_SPAN_DECADES`).
     """
 
     candidates: tuple[float, ...]
@@ -156,6 +170,7 @@ class Race:
     budget_iterations: int
     seconds: float
     warnings: tuple[str, ...] = field(default=())
+    head_lr: float | None = None  # after unfreeze, the frozen stage's lr the candidates were spanned around
 
     @property
     def iterations(self) -> int:
@@ -204,6 +219,7 @@ class Race:
             "slice_ratio": self.ratio,
             "score": self.score,
             "rule_picks": dict(self.rule_picks),
+            "head_lr": self.head_lr,
             "cost": {
                 "iterations": self.iterations,
                 "seconds": self.seconds,
@@ -285,11 +301,13 @@ def candidate_lrs(
     max_candidates: int = MAX_CANDIDATES,
     min_candidates: int = MIN_CANDIDATES,
     sliced: bool = False,
+    head_lr: float | None = None,
 ) -> tuple[float, ...]:
     """Lrs on a lattice of ``step`` decades (1e-3, 3.2e-3, 1e-2, ... for half decades), from one step below the
     lowest of the curve rules' ``picks`` up to :data:`REACH_DECADES` past the end of the range test (before
     unfreeze); a ``sliced`` race, after ``unfreeze`` / ``freeze_to``, from no lower than
-    :data:`SLICE_SPAN_DECADES` below the end, up to the end.
+    :data:`SLICE_SPAN_DECADES` below the end, up to the end, or, given ``head_lr`` (the lr the frozen stage trained
+    with), :data:`HEAD_SPAN_DECADES` around its nearest lattice point, whatever the picks and the test's end.
 
     Why that far: the range test's lr climbs through one batch each, while the stage warms up and anneals (one
     cycle), so the best lr of a whole training often lies above every curve rule's pick, up to where the test
@@ -304,7 +322,13 @@ def candidate_lrs(
     ['0.00032', '0.001', '0.0032', '0.01', '0.032', '0.1', '0.32', '1']
     >>> [f"{lr:.2g}" for lr in candidate_lrs([1e-3, 1e-2], (1e-7, 0.5), sliced=True)]
     ['0.0032', '0.01', '0.032', '0.1', '0.32']
+    >>> [f"{lr:.2g}" for lr in candidate_lrs([1e-3, 1e-2], (1e-7, 0.5), sliced=True, head_lr=3e-3)]
+    ['0.00032', '0.001', '0.0032', '0.01', '0.032']
     """
+    if sliced and head_lr is not None and math.isfinite(head_lr) and head_lr > 0:
+        center = round(math.log10(head_lr) / step)
+        lo, hi = (round(d / step) for d in HEAD_SPAN_DECADES)
+        return tuple(float(lr) for lr in 10 ** (step * np.arange(center + lo, center + hi + 1)))
     first, last = (math.log10(v) for v in tested_range)
     top = last + (0.0 if sliced else REACH_DECADES)
     if not any(math.isfinite(p) and p > 0 for p in picks):

@@ -646,6 +646,8 @@ def format_race(race: Race) -> list[str]:
         mark = "  <- winner" if t is won else ""
         lines.append(f"  rung {t.rung}  lr {t.lr:.2e}  {t.iterations:>6} it  {loss}{metric}{mark}")
     lines.append("  curve rules: " + ", ".join(f"{name} {lr:.2e}" for name, lr in race.rule_picks.items()))
+    if race.head_lr is not None:
+        lines.append(f"  candidates around the frozen stage's lr, {race.head_lr:.2e}")
     lines.append(
         f"  cost: {race.iterations} iterations, {race.seconds:.1f} s, {race.cost_in_trainings:.2f} trainings "
         f"of the stage ({race.stage_iterations} it each)"

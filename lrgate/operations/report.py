@@ -83,7 +83,11 @@ def race_markdown(race: dict[str, Any], compact: bool = False) -> list[str]:
         "",
         *trials,
         "",
-        "Curve rules' picks: " + ", ".join(f"{k} {v:.2e}" for k, v in race["rule_picks"].items()) + ".",
+        "Curve rules' picks: "
+        + ", ".join(f"{k} {v:.2e}" for k, v in race["rule_picks"].items())
+        + (
+            "." if race.get("head_lr") is None else f"; candidates around the frozen stage's lr, {race['head_lr']:.2e}."
+        ),
         f"Cost: {cost['iterations']} iterations, {cost['seconds']:.0f} s, {cost['trainings']:.2f} trainings of the "
         f"stage ({cost['stage_iterations']} iterations each).",
     ]

@@ -35,6 +35,7 @@ def suggest_for_learner(
     epochs: float | None = None,
     budget: float = 1.0,
     score: str | None = None,
+    head_lr: float | None = None,
     log: Callable[[str], None] = print,
 ) -> Suggestion:
     """Read the Learner's state, run ``lr_find`` unless its last fit was one (or ``rerun``), and suggest; with
@@ -57,6 +58,10 @@ def suggest_for_learner(
         The race's cost in trainings of that stage (default one; at least two range tests on small data).
     score : str, optional
         What the race ranks trials by: ``valid_loss`` or a metric's name; default the Learner's first metric.
+    head_lr : float, optional
+        After ``unfreeze`` / ``freeze_to``: the lr the frozen stage trained the head with. The race's candidates then
+        lie around it (a decade below to a decade above) rather than below the range test's end: the evidence that
+        held best on the recorded tasks (README, "Efficacy"). Ignored before unfreeze and without ``epochs``.
     log : callable
         Where the race's progress lines go.
 
@@ -79,7 +84,15 @@ def suggest_for_learner(
     if epochs is None:
         return s
     return race_suggestion(
-        learn, s, curve, epochs=epochs, range_test_iterations=num_it, budget=budget, score=score, log=log
+        learn,
+        s,
+        curve,
+        epochs=epochs,
+        range_test_iterations=num_it,
+        budget=budget,
+        score=score,
+        head_lr=head_lr,
+        log=log,
     )
 
 
@@ -95,6 +108,7 @@ def find_optimal_lr(
     save_plot: str | os.PathLike | None = None,
     epochs: float | None = None,
     budget: float = 1.0,
+    head_lr: float | None = None,
     **range_test: float,
 ) -> float | slice:
     """Suggest an lr (frozen) or a ``slice`` (unfrozen / freeze_to) for ``learn``, print and plot the choices.
@@ -113,8 +127,9 @@ def find_optimal_lr(
         See :func:`lrgate.core.suggest.suggest`.
     show_maxima : bool
         Mark maxima (green) on the plot.
-    epochs, budget :
-        How long the next stage trains, and the race's cost in trainings of it: see :func:`suggest_for_learner`.
+    epochs, budget, head_lr :
+        How long the next stage trains, the race's cost in trainings of it, and (after unfreeze) the lr the frozen
+        stage trained with: see :func:`suggest_for_learner`.
     save_plot : path, optional
         Also write the plot (PNG) and its data (CSV beside it).
     **range_test :
@@ -128,7 +143,7 @@ def find_optimal_lr(
     from lrgate.core.plot import review_figure, save_review
 
     s = suggest_for_learner(
-        learn, noise=noise, margin=margin, method=method, epochs=epochs, budget=budget, **range_test
+        learn, noise=noise, margin=margin, method=method, epochs=epochs, budget=budget, head_lr=head_lr, **range_test
     )
     print(format_choices(s))
     with pd.option_context("display.max_rows", None, "display.width", 120):

@@ -178,6 +178,7 @@ def race(
     ratio: float | None = None,
     score: str | None = None,
     candidates: Sequence[float] | None = None,
+    head_lr: float | None = None,
     log: Log = print,
 ) -> Race:
     """Race candidate lrs around the curve rules' ``picks`` on ``learn``; the Learner comes back unchanged.
@@ -190,7 +191,7 @@ def race(
         Each curve rule's lr (a slice's upper end) by name: they set the candidates' span and go in the record.
     tested_range : (float, float)
         The range test's first and last lr: candidates start inside it and, before unfreeze, reach half a decade
-        past its end; after unfreeze they lie within two decades below its end
+        past its end; after unfreeze they lie within two decades below its end, unless ``head_lr`` is given
         (:func:`~lrgate.core.race_plan.candidate_lrs`).
     epochs : float
         How long the stage trains (``fit_one_cycle(epochs, ...)``): trials are that schedule, compressed.
@@ -204,6 +205,9 @@ def race(
         ``valid_loss`` or a metric's name; default :func:`default_score`.
     candidates : sequence of float, optional
         The lrs to race, instead of those spanning ``picks``.
+    head_lr : float, optional
+        After ``unfreeze`` / ``freeze_to``: the lr the frozen stage trained with; the candidates then span
+        :data:`~lrgate.core.race_plan.HEAD_SPAN_DECADES` around it (the record keeps it). Ignored before unfreeze.
 
     Raises
     ------
@@ -215,13 +219,16 @@ def race(
     stage_iterations = stage_length(learn, epochs)
     budget_its = budget_iterations(stage_iterations, range_test_iterations, budget)
     sliced = ratio is not None  # after unfreeze / freeze_to: the plan's rules for a slice
+    if not (sliced and candidates is None and head_lr is not None and math.isfinite(head_lr) and head_lr > 0):
+        head_lr = None  # it spans nothing: not in the record
     if candidates is None:
-        spanned = candidate_lrs(list(picks.values()), tested_range, sliced=sliced)
+        spanned = candidate_lrs(list(picks.values()), tested_range, sliced=sliced, head_lr=head_lr)
         candidates = affordable(spanned, stage_iterations, budget_its)
     alive = list(candidates)
     plan = plan_rungs(len(alive), stage_iterations, budget_its)
+    around = "" if head_lr is None else f" around the frozen stage's lr {head_lr:.1e}"
     log(
-        f"race: {len(alive)} candidates ({alive[0]:.1e} .. {alive[-1]:.1e}), rungs "
+        f"race: {len(alive)} candidates ({alive[0]:.1e} .. {alive[-1]:.1e}){around}, rungs "
         + ", ".join(f"{r.candidates} x {r.iterations} it" for r in plan.rungs)
         + f" (one training: {stage_iterations} it)"
     )
@@ -258,6 +265,7 @@ def race(
         budget_iterations=plan.budget_iterations,
         seconds=round(time.perf_counter() - started, 2),
         warnings=warnings,
+        head_lr=head_lr,
     )
     log(
         f"race: winner {winner:.2e} after {result.iterations} it "
@@ -275,10 +283,12 @@ def race_suggestion(
     range_test_iterations: int,
     budget: float = 1.0,
     score: str | None = None,
+    head_lr: float | None = None,
     log: Log = print,
 ) -> Suggestion:
-    """Race around the curve's suggestion ``s``: every curve rule's pick sets the span; after ``unfreeze`` the
-    slice keeps ``s``'s ratio. Returns ``s`` with the winner as its lr (or slice) and the race as its record."""
+    """Race around the curve's suggestion ``s``: every curve rule's pick sets the span (after ``unfreeze``, the
+    frozen stage's ``head_lr`` does, when given); after ``unfreeze`` the slice keeps ``s``'s ratio. Returns ``s``
+    with the winner as its lr (or slice) and the race as its record."""
     n_groups = None if learn.opt is None else len(learn.opt.param_lists)
     picks = {s.method: s.lr, **rule_picks(*curve, s.state, noise=s.noise, n_groups=n_groups)}
     ratio = None if s.slice is None else (s.slice[1] / s.slice[0] if s.slice[0] > 0 else SLICE_RATIO)
@@ -291,6 +301,7 @@ def race_suggestion(
         budget=budget,
         ratio=ratio,
         score=score,
+        head_lr=head_lr,
         log=log,
     )
     return dataclasses.replace(

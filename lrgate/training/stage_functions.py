@@ -289,8 +289,11 @@ def build_initial(cfg: RunConfig, run: RunInfo, log: Log = print) -> dict[str, A
     }
 
 
-def range_test(cfg: RunConfig, run: RunInfo, checkpoint: str, gate: str, log: Log = print) -> GateRecord:
-    """Run ``lr_find`` on the checkpoint's Learner and write the gate's curve, review plot, data and suggestion."""
+def range_test(
+    cfg: RunConfig, run: RunInfo, checkpoint: str, gate: str, log: Log = print, head_lr: float | None = None
+) -> GateRecord:
+    """Run ``lr_find`` on the checkpoint's Learner and write the gate's curve, review plot, data and suggestion.
+    After unfreeze, ``head_lr`` (the lr the frozen stage trained with) centres the race's candidates."""
     learn = make_learner(cfg, run, checkpoint, log=log)
     log(
         f"gate {gate}: lr_find from {cfg.lr_find.start_lr:g} to {cfg.lr_find.end_lr:g}, {cfg.lr_find.num_it} iterations"
@@ -336,6 +339,7 @@ def range_test(cfg: RunConfig, run: RunInfo, checkpoint: str, gate: str, log: Lo
                 range_test_iterations=cfg.lr_find.num_it,
                 budget=cfg.race.budget,
                 score=cfg.race.score or cfg.promotion.metric,
+                head_lr=head_lr,
                 log=log,
             )
     seconds = round(time.perf_counter() - started, 2)
