@@ -13,6 +13,7 @@ from fastai.torch_core import params, set_seed
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from lrgate.core.plot import review_figure
 from lrgate.core.race_plan import HEAD_SPAN_DECADES, STEP_DECADES
 from lrgate.core.suggest import format_choices
 from lrgate.notebook import find_optimal_lr, suggest_for_learner
@@ -119,6 +120,11 @@ def test_after_unfreeze_the_race_returns_a_slice_with_the_curves_ratio(body, tmp
     assert around.value.stop == around.race.winner and np.isclose(around.value.stop / around.value.start, ratio)
     assert around.to_dict()["race"]["head_lr"] == 1e-4 and "around the frozen stage's lr 1.0e-04" in lines[0]
     assert "candidates around the frozen stage's lr, 1.00e-04" in format_choices(around)
+    curve_axes, race_axes = review_figure(around).axes[:2]  # the plot says so, and marks it in the race's panel
+    assert f"race of {len(around.race.candidates)} around the frozen stage's lr 1.0e-04" in curve_axes.get_title(
+        loc="left"
+    )
+    assert "frozen stage's lr 1.0e-04" in race_axes.get_legend_handles_labels()[1]
 
 
 def test_a_plain_tensor_dataset_learner_races_and_scores_by_its_loss_without_metrics(trains, tmp_path):

@@ -177,9 +177,9 @@ class GuardConfig(Strict):
 
 
 class RaceConfig(Strict):
-    """The race after each range test (:mod:`lrgate.training.race`): candidate lrs around the curve rules' picks,
-    trained in short trials of the stage's own ``fit_one_cycle`` and kept by successive halving. ``race: off``
-    reads the curve alone (``suggest.method``)."""
+    """The race after each range test (:mod:`lrgate.training.race`): candidate lrs around the curve rules' picks
+    (after unfreeze, around the lr gate 1 trained the head with), trained in short trials of the stage's own
+    ``fit_one_cycle`` and kept by successive halving. ``race: off`` reads the curve alone (``suggest.method``)."""
 
     # the race's cost in trainings of the stage (at least two range tests on data where one training is shorter)
     budget: float = Field(1.0, gt=0, le=20, allow_inf_nan=False)

@@ -81,7 +81,12 @@ def review_figure(s: Suggestion, *, show_maxima: bool = False) -> Figure:
     ax_grad.set_ylabel("d loss / d log10(lr)", color=GRAD_COLOR)
     ax.grid(True, which="major", alpha=0.3)
 
-    how = f"race of {len(s.race.candidates)} around the curve rules (dotted)" if s.race else s.method
+    if s.race is None:
+        how = s.method
+    elif s.race.head_lr is None:
+        how = f"race of {len(s.race.candidates)} around the curve rules (dotted)"
+    else:
+        how = f"race of {len(s.race.candidates)} around the frozen stage's lr {s.race.head_lr:.1e} (dashed, below)"
     title = f"{s.state}: {s.describe()}   [{how}, noise {s.noise}]"
     if s.warnings:
         title += f"\n{len(s.warnings)} warning(s): {s.warnings[0]}" + (" ..." if len(s.warnings) > 1 else "")

@@ -181,7 +181,8 @@ def race(
     head_lr: float | None = None,
     log: Log = print,
 ) -> Race:
-    """Race candidate lrs around the curve rules' ``picks`` on ``learn``; the Learner comes back unchanged.
+    """Race candidate lrs around the curve rules' ``picks`` (after unfreeze, around ``head_lr`` when given) on
+    ``learn``; the Learner comes back unchanged.
 
     Parameters
     ----------
