@@ -162,7 +162,7 @@ def test_recording_runs_in_chunks_and_resumes_without_redoing_results(trains, tm
 
 RACE = "race (budget 1)"
 HELD_OUT_SPLITS = ("held_out", "fresh", "third")  # the first three, as 0.4.0 was first judged
-EVERY_HELD_OUT_SPLIT = (*HELD_OUT_SPLITS, "fourth", "fifth", "sixth", "seventh", "eighth", "ninth", "tenth")
+EVERY_HELD_OUT_SPLIT = (*HELD_OUT_SPLITS, "fourth", "fifth", "sixth", "seventh", "eighth", "ninth", "tenth", "eleventh")
 
 
 @pytest.fixture(scope="module")
@@ -278,25 +278,18 @@ def test_on_the_third_split_the_race_beats_the_fixed_lr_in_hindsight_on_both_sta
         assert mean.loc[RACE, f"{stage} mean"] < mean.loc[efficacy.HINDSIGHT, f"{stage} mean"], stage
 
 
-def test_on_the_fourth_split_the_race_beats_every_curve_rule_and_the_hindsight_lr_before_unfreeze_only(raced):
-    # split-fourth.json was committed before it was recorded, with 0.4.0's race; 0.9.0 to 0.11.0 were chosen with it
-    # raced (README: tuned on). README, "How far from the target": the race beats every curve rule on both stages
-    # and the hindsight lr before unfreeze, not after (so the README must change if this does)
-    mean = efficacy.summary(raced["fourth"])
-    for stage in efficacy.STAGES:
-        assert mean.loc[RACE, f"{stage} mean"] < min(mean.loc[n, f"{stage} mean"] for n in _curve_rules()), stage
-    assert mean.loc[RACE, "frozen mean"] < mean.loc[efficacy.HINDSIGHT, "frozen mean"]
-    assert mean.loc[RACE, "unfrozen mean"] > mean.loc[efficacy.HINDSIGHT, "unfrozen mean"]
-
-
-@pytest.mark.parametrize("split", ["fifth", "sixth", "seventh", "eighth", "ninth", "tenth"])
-def test_on_the_fifth_to_tenth_splits_the_race_beats_every_curve_rule_and_the_hindsight_lr_on_both_stages(raced, split):
+@pytest.mark.parametrize("split", ["fourth", "fifth", "sixth", "seventh", "eighth", "ninth", "tenth", "eleventh"])
+def test_on_the_fourth_to_eleventh_splits_the_race_beats_every_curve_rule_and_the_hindsight_lr_on_both_stages(
+    raced, split
+):
+    # split-fourth.json was committed before it was recorded, with 0.4.0's race; 0.9.0 to 0.12.0 were chosen with
+    # it raced (README: tuned on; before 0.12.0 the hindsight lr beat the race there after unfreeze).
     # split-fifth.json was committed before 0.6.0's change was chosen and first judged it; 0.7.0's loss guard was
     # chosen on it (README: tuned on since 0.7.0; 0.6.0 lost 33.5 points on a photos curve before unfreeze here).
     # split-sixth.json first judged 0.7.0. split-seventh.json was committed before 0.8.0's change was chosen,
     # recorded before it was committed and raced after: the first split that judges 0.8.0; the eighth judged 0.9.0,
-    # the ninth 0.10.0 (each tuned on for the changes after it). split-tenth.json was committed and recorded before
-    # 0.11.0's change was chosen, and raced after it was committed: the first split that judges 0.11.0
+    # the ninth 0.10.0, the tenth 0.11.0 (each tuned on for the changes after it). split-eleventh.json was committed
+    # and recorded before 0.12.0's change was chosen, and raced after it was committed: the first that judges 0.12.0
     mean = efficacy.summary(raced[split])
     for stage in efficacy.STAGES:
         assert mean.loc[RACE, f"{stage} mean"] < min(mean.loc[n, f"{stage} mean"] for n in _curve_rules()), stage
@@ -313,11 +306,21 @@ def test_on_the_tenth_split_the_race_meets_the_target_before_unfreeze_and_misses
     assert unfrozen.mean() > 1 and unfrozen.max() > 3
 
 
+def test_on_the_eleventh_split_the_race_meets_the_target_after_unfreeze_and_misses_it_before(raced):
+    # README, "How far from the target": the first judge of 0.12.0 (a decade either side of the head's lr after
+    # unfreeze); before unfreeze 0.12.0 is 0.10.0's race, and digits with Adam loses 6.5 points on seed 28
+    table = raced["eleventh"]
+    race = table[table["method"] == RACE]
+    frozen, unfrozen = race[race["stage"] == "frozen"]["regret"], race[race["stage"] == "unfrozen"]["regret"]
+    assert unfrozen.mean() <= 1 and unfrozen.max() <= 3
+    assert frozen.mean() > 1 and frozen.max() > 3
+
+
 @pytest.mark.parametrize("stage", efficacy.STAGES)
-def test_over_all_ten_held_out_splits_the_race_beats_every_curve_rule_and_the_hindsight_lr(bench, raced, stage):
+def test_over_all_eleven_held_out_splits_the_race_beats_every_curve_rule_and_the_hindsight_lr(bench, raced, stage):
     pooled = pd.concat(raced[split] for split in EVERY_HELD_OUT_SPLIT)
     pooled = pooled[pooled["stage"] == stage]
-    assert (pooled["method"] == RACE).sum() == sum(len(bench.pairs(split)) for split in EVERY_HELD_OUT_SPLIT) == 136
+    assert (pooled["method"] == RACE).sum() == sum(len(bench.pairs(split)) for split in EVERY_HELD_OUT_SPLIT) == 151
     mean = pooled.groupby("method")["regret"].mean()  # each split's own hindsight lr, pooled like the race
     assert mean[RACE] < min(mean[name] for name in [*_curve_rules(), efficacy.HINDSIGHT])
 
@@ -363,11 +366,12 @@ def test_the_race_records_in_chunks_and_resumes(trains, tmp_path):
     script = _benchmark_script()
     data, args = _race_data(tmp_path)
     script.main(args)  # a chunk whose time is up at once still races once
-    first = pd.read_csv(data / efficacy.RACE_FILE)
-    assert len(first) == 1 and first["trainings"].iloc[0] > 0
+    first = pd.read_csv(data / efficacy.RACE_FILE, dtype=str)  # as written: a column's type follows its values
+    assert len(first) == 1 and float(first["trainings"].iloc[0]) > 0
     script.main(args)
+    assert pd.read_csv(data / efficacy.RACE_FILE, dtype=str).iloc[:1].equals(first)  # the first row is kept as it was
     second = pd.read_csv(data / efficacy.RACE_FILE)
-    assert len(second) == 2 and second.iloc[:1].equals(first)
+    assert len(second) == 2
     assert set(second["stage"]) == set(efficacy.STAGES)
     records = [json.loads(line) for line in (data / efficacy.RACE_TRIALS_FILE).read_text().splitlines()]
     assert [(r["stage"], float(f"{r['winner']:.6g}")) for r in records] == list(
