@@ -17,7 +17,11 @@ For each task (data set x pretrained body x optimiser x batch size) and seed it 
 ``race`` runs lrgate's race (:mod:`lrgate.training.race`) on each recorded curve, from the same start as that
 curve's grid, at a budget in trainings of the stage, and records its winner and cost in ``races.csv`` and its
 whole record (every trial's lr, length, loss and metric, by rung) in ``race_trials.jsonl``; scoring looks the winner
-up on the grid like any other method's lr.
+up on the grid like any other method's lr. An unfrozen race spans the lrs around the frozen race's winner at the
+same budget (``head_lr``, as the pipeline's gate 2 races around gate 1's lr), while its start, like the unfrozen
+grid's, is the checkpoint trained at the task's best frozen grid lr: in the pipeline the head trains at the lr it
+races around, here at the oracle's (the same lr on 89 of 159 curves at budget 1, half a decade apart on 68, a
+decade on 2).
 
 Every result is appended to the data files in ``benchmarks/efficacy/`` as soon as it exists (atomic rewrites), and
 a rerun skips what is there: stop it at any time, or give it ``--max-minutes`` and run it again for the next chunk.
@@ -526,6 +530,18 @@ def race_curve(
     return row, {**key, **r.to_dict()}
 
 
+def frozen_winner(rows: list[dict], name: str, seed: int, budget: float) -> float | None:
+    """The frozen race's winner of this task, seed and budget (``races.csv`` rows): the lr its unfrozen race spans
+    around, as the pipeline's gate 2 races around gate 1's lr; None when there is none or it is not finite (the
+    frozen curve could not be read)."""
+    found = [
+        float(r["winner"])
+        for r in rows
+        if (r["task"], int(r["seed"]), r["stage"], float(r["budget"])) == (name, seed, "frozen", budget)
+    ]
+    return found[-1] if found and math.isfinite(found[-1]) and found[-1] > 0 else None
+
+
 def _finite_or_none(value):
     """``value`` with every non-finite float (a diverged trial's metric, say) as None: strict JSON."""
     if isinstance(value, dict):
@@ -555,13 +571,10 @@ def race(args: argparse.Namespace) -> int:
                 if raced and time.monotonic() > deadline:  # every chunk races at least once
                     print(f"chunk time ({args.max_minutes:g} min) is up: run the same command again to go on")
                     return 0
-                head = [
-                    float(r["winner"])
-                    for r in rows
-                    if (r["task"], int(r["seed"]), r["stage"]) == (name, seed, "frozen")
-                    and float(r["budget"]) == budget
-                ]
-                row, record = race_curve(bench, name, seed, stage, budget, args.work, head[-1] if head else None)
+                head_lr = frozen_winner(rows, name, seed, budget) if stage == "unfrozen" else None
+                if stage == "unfrozen" and head_lr is None:  # as the pipeline's gate 2 without gate 1's lr
+                    print(f"{name} s{seed} budget {budget:g}: no frozen winner to race around: the test's window")
+                row, record = race_curve(bench, name, seed, stage, budget, args.work, head_lr)
                 raced += 1
                 records.append(json.dumps(_finite_or_none(record), allow_nan=False) + "\n")
                 write_text(trials_path, "".join(records))  # first: no row without its trials (a rerun's comes last)

@@ -129,8 +129,9 @@ def pipeline(config: str, out: str | None = None) -> dict[str, Any]:
         return rejected(frozen)
     trainings.append(stage("train-frozen", train_frozen, initial["checkpoint"], frozen.value))
     unfrozen = stage("unfreeze", unfreeze, trainings[-1]["checkpoint"])
-    # gate 2's race spans the lrs around the one the head trained with (race_plan.HEAD_SPAN_DECADES)
-    head_lr = frozen.value if isinstance(frozen.value, int | float) else None
+    # gate 2's race spans the lrs around the one the head trained with (race_plan.HEAD_SPAN_DECADES); a body that
+    # was never frozen (model.pretrained: false) gives a slice at gate 1: its upper end trained the head
+    head_lr = frozen.value[1] if isinstance(frozen.value, list) else frozen.value
     fine = gate("unfrozen", unfrozen["checkpoint"], cfg.gates.unfrozen, head_lr)
     if fine.rejected:
         return rejected(fine)

@@ -378,6 +378,8 @@ def test_the_race_records_in_chunks_and_resumes(trains, tmp_path):
         zip(second["stage"], second["winner"], strict=True)
     )
     assert all(r["trials"] and r["cost"]["iterations"] == sum(t["iterations"] for t in r["trials"]) for r in records)
+    # the unfrozen race spans the lrs around the frozen race's winner, as gate 2 does around gate 1's lr
+    assert records[0]["head_lr"] is None and records[1]["head_lr"] == second["winner"].iloc[0]
 
 
 def test_a_curve_nothing_can_read_is_recorded_as_a_failed_gate_with_no_winner_and_no_cost(tmp_path):

@@ -14,6 +14,7 @@ from PIL import Image
 
 from lrgate.core.config import load_config
 from lrgate.core.errors import CurveError
+from lrgate.core.race_plan import candidate_lrs
 from lrgate.flows.pipeline import pipeline
 from lrgate.training.data import DataError
 from tests.conftest import make_image_folder, tiny_config
@@ -114,6 +115,8 @@ def test_both_gates_race_by_default_and_show_the_race_to_the_reviewer(finished):
         # after unfreeze the candidates lie around the lr the head trained with (race_plan.HEAD_SPAN_DECADES)
         head = finished["decisions"]["frozen"]["value"] if gate == "unfrozen" else None
         assert race["head_lr"] == head
+        if head is not None:  # a decade either side of it, the lattice's five points
+            assert np.allclose(race["candidates"], candidate_lrs([head], (1e-7, 10.0), sliced=True, head_lr=head))
         # a stage of 6 batches on this tiny data: the budget is two range tests (2 x 24 iterations)
         cost = race["cost"]
         assert cost["iterations"] <= cost["budget_iterations"] == 48 and cost["trainings"] > 1 and cost["seconds"] > 0

@@ -163,7 +163,8 @@ class GateRecord(_Record):
     @property
     def override_range(self) -> tuple[float, float]:
         """The bounds of a typed override: the lrs the range test tried, widened to the race's candidates (which
-        reach past the test's last lr: :data:`~lrgate.core.race_plan.REACH_DECADES`)."""
+        reach past the test's last lr: :data:`~lrgate.core.race_plan.REACH_DECADES` before unfreeze, and after it
+        a decade above the frozen stage's lr, wherever that lies: :data:`~lrgate.core.race_plan.HEAD_SPAN_DECADES`)."""
         lo, hi = self.tested_range
         race = self.suggestion.race if self.suggestion is not None else None
         tried = [c for c in (race or {}).get("candidates", []) if isinstance(c, float | int) and c > 0]

@@ -2,7 +2,8 @@
 
 A range test reads the curve; the curve cannot say how long the stage trains, and no curve rule transfers from one
 task to the next (README, "Efficacy"). The race adds evidence at a cost the caller sets: a handful of candidate lrs
-spanning where the curve rules disagree, each trained from the same start with the stage's own schedule
+spanning where the curve rules disagree (after unfreeze, around the lr the frozen stage trained the head with, when
+known), each trained from the same start with the stage's own schedule
 (``fit_one_cycle``) compressed to a budget, kept by successive halving. This module knows neither fastai nor
 Prefect: :mod:`lrgate.training.race` runs the trials.
 
@@ -41,7 +42,7 @@ SPAN_RULES = ("bowl", "minimum", "slide")
 # lie past the test's end (letters with SGD); the rest of the gain is winners that moved with the extra candidate's
 # shorter rungs, as much draw as design. After unfreeze it lost (2.42 -> 2.63, worst 14.3 -> 22.8: one more
 # candidate shortens every trial, and short trials there favour low lrs whatever is on offer), so a sliced race
-# stops at the test's end.
+# without the frozen stage's lr (HEAD_SPAN_DECADES) stops at the test's end.
 REACH_DECADES = 0.5
 # After unfreeze the candidates start no lower than this many decades below the range test's end (its lattice
 # point): there the best lr of the whole training lies near where the test diverged (within two decades below it in
@@ -55,17 +56,19 @@ REACH_DECADES = 0.5
 # lost: 1.84 mean, worst 33.5. Before unfreeze the short trials rank by loss and the best lr spreads further (the
 # span from the curve rules stays).
 SLICE_SPAN_DECADES = 2.0
-# After unfreeze, when the lr the frozen stage trained the head with is known (the pipeline's gate 1, or
-# ``head_lr=`` in the API), the candidates span these decades around it instead (on the lattice, from its nearest
-# point), whatever the curve says: fastai's own ``fine_tune`` ties the body's lr to the head's (half of it), and the
-# recorded grids agree. The whole training's best unfrozen lr lies within a decade of the frozen stage's best on 51
-# of 53 tasks (median ratio 1); around 0.11.0's frozen race winner, five candidates hold the best lr of the whole
-# training (within 0.02 points on average) on the 144 unfrozen curves of the tuning split and the first ten held-out
-# splits, where 0.11.0's window below the test's end held it within 0.48. Since 0.12.0, chosen by racing those 144
-# curves (budget 1: unfrozen mean regret 1.82 -> 1.31, worst 14.3 -> 11.7; better on ten of the eleven splits).
-# A decade below to half a decade above scored 1.17 (worst 13.1), all of the difference on the EfficientNet-Lite0
-# tasks, where a thread count alone moves a winner; on the 111 curves of the tiny CNN it scored 0.97 against 0.89
-# and missed by more than 3 points on 12 against 8, and the best lr lay outside it on more curves (0.23 points).
+# After unfreeze, when the lr the frozen stage trained the head with is known (the pipeline's gate 1, or ``head_lr=`` in
+# the API), the candidates span these decades around it instead (on the lattice, from its nearest point), whatever the
+# curve says, past the range test's end and the guard's default range if the head's lr is high (letters with SGD: 10,
+# candidates to 100; none of those above 10 won on the benchmark's 423 unfrozen races): fastai's own ``fine_tune`` ties
+# the body's lr to the head's (half of it), and the recorded grids agree. The whole training's best unfrozen lr lies
+# within a decade of the frozen stage's best on 51 of 53 tasks (median ratio 1); around 0.11.0's frozen race winner,
+# five candidates hold the best lr of the whole training (within 0.02 points on average) on the 144 unfrozen curves of
+# the tuning split and the first ten held-out splits, where 0.11.0's window below the test's end held it within 0.48.
+# Since 0.12.0, chosen by racing those 144 curves (budget 1: unfrozen mean regret 1.82 -> 1.31, worst 14.3 -> 11.7;
+# better on ten of the eleven splits). A decade below to half a decade above scored 1.17 (worst 13.1), all of the
+# difference on the EfficientNet-Lite0 tasks, where a thread count alone moves a winner; on the 111 curves of the tiny
+# CNN it scored 0.97 against 0.89 and missed by more than 3 points on 12 against 8, and the best lr lay outside it on
+# more curves (0.23 points).
 HEAD_SPAN_DECADES = (-1.0, 1.0)
 # Compressed trials favour low lrs (short-horizon bias): within this many standard errors of the best metric a
 # compressed rung that ranks by a metric (after unfreeze: SHORT_FROZEN_RANKING ranks a frozen one by loss) counts

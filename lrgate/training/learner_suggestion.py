@@ -35,7 +35,7 @@ def suggest_for_learner(
     epochs: float | None = None,
     budget: float = 1.0,
     score: str | None = None,
-    head_lr: float | None = None,
+    head_lr: float | slice | None = None,
     log: Callable[[str], None] = print,
 ) -> Suggestion:
     """Read the Learner's state, run ``lr_find`` unless its last fit was one (or ``rerun``), and suggest; with
@@ -58,10 +58,11 @@ def suggest_for_learner(
         The race's cost in trainings of that stage (default one; at least two range tests on small data).
     score : str, optional
         What the race ranks trials by: ``valid_loss`` or a metric's name; default the Learner's first metric.
-    head_lr : float, optional
-        After ``unfreeze`` / ``freeze_to``: the lr the frozen stage trained the head with. The race's candidates then
-        lie around it (a decade below to a decade above) rather than below the range test's end: the evidence that
-        held best on the recorded tasks (README, "Efficacy"). Ignored before unfreeze and without ``epochs``.
+    head_lr : float or slice, optional
+        After ``unfreeze`` / ``freeze_to``: the lr the frozen stage trained the head with (a slice: its upper end).
+        The race's candidates then lie around it (a decade below to a decade above) rather than below the range
+        test's end: the evidence that held best on the recorded tasks (README, "Efficacy"). Ignored without
+        ``epochs``, and when the Learner takes one lr (frozen, or a model of one parameter group).
     log : callable
         Where the race's progress lines go.
 
@@ -108,7 +109,7 @@ def find_optimal_lr(
     save_plot: str | os.PathLike | None = None,
     epochs: float | None = None,
     budget: float = 1.0,
-    head_lr: float | None = None,
+    head_lr: float | slice | None = None,
     **range_test: float,
 ) -> float | slice:
     """Suggest an lr (frozen) or a ``slice`` (unfrozen / freeze_to) for ``learn``, print and plot the choices.

@@ -178,7 +178,7 @@ def race(
     ratio: float | None = None,
     score: str | None = None,
     candidates: Sequence[float] | None = None,
-    head_lr: float | None = None,
+    head_lr: float | slice | None = None,
     log: Log = print,
 ) -> Race:
     """Race candidate lrs around the curve rules' ``picks`` (after unfreeze, around ``head_lr`` when given) on
@@ -192,8 +192,8 @@ def race(
         Each curve rule's lr (a slice's upper end) by name: they set the candidates' span and go in the record.
     tested_range : (float, float)
         The range test's first and last lr: candidates start inside it and, before unfreeze, reach half a decade
-        past its end; after unfreeze they lie within two decades below its end, unless ``head_lr`` is given
-        (:func:`~lrgate.core.race_plan.candidate_lrs`).
+        past its end; after unfreeze they lie within two decades below its end, unless ``head_lr`` is given (then
+        around it, wherever that lies: :func:`~lrgate.core.race_plan.candidate_lrs`).
     epochs : float
         How long the stage trains (``fit_one_cycle(epochs, ...)``): trials are that schedule, compressed.
     range_test_iterations : int
@@ -206,9 +206,11 @@ def race(
         ``valid_loss`` or a metric's name; default :func:`default_score`.
     candidates : sequence of float, optional
         The lrs to race, instead of those spanning ``picks``.
-    head_lr : float, optional
-        After ``unfreeze`` / ``freeze_to``: the lr the frozen stage trained with; the candidates then span
-        :data:`~lrgate.core.race_plan.HEAD_SPAN_DECADES` around it (the record keeps it). Ignored before unfreeze.
+    head_lr : float or slice, optional
+        After ``unfreeze`` / ``freeze_to``: the lr the frozen stage trained with (a slice: its upper end); the
+        candidates then span :data:`~lrgate.core.race_plan.HEAD_SPAN_DECADES` around it (the record keeps it).
+        Ignored when the race is not a slice's (before unfreeze, or a model of one parameter group), when
+        ``candidates`` are given, and when it is not a positive finite number.
 
     Raises
     ------
@@ -220,6 +222,8 @@ def race(
     stage_iterations = stage_length(learn, epochs)
     budget_its = budget_iterations(stage_iterations, range_test_iterations, budget)
     sliced = ratio is not None  # after unfreeze / freeze_to: the plan's rules for a slice
+    if isinstance(head_lr, slice):  # a freeze_to stage's slice, say: the head trained at its upper end
+        head_lr = head_lr.stop
     if not (sliced and candidates is None and head_lr is not None and math.isfinite(head_lr) and head_lr > 0):
         head_lr = None  # it spans nothing: not in the record
     if candidates is None:
@@ -284,7 +288,7 @@ def race_suggestion(
     range_test_iterations: int,
     budget: float = 1.0,
     score: str | None = None,
-    head_lr: float | None = None,
+    head_lr: float | slice | None = None,
     log: Log = print,
 ) -> Suggestion:
     """Race around the curve's suggestion ``s``: every curve rule's pick sets the span (after ``unfreeze``, the
