@@ -296,24 +296,22 @@ def test_on_the_fourth_to_eleventh_splits_the_race_beats_every_curve_rule_and_th
         assert mean.loc[RACE, f"{stage} mean"] < mean.loc[efficacy.HINDSIGHT, f"{stage} mean"], stage
 
 
-def test_on_the_tenth_split_the_race_meets_the_target_before_unfreeze_and_misses_it_after(raced):
-    # README, "How far from the target": mean regret <= 1 and worst <= 3 at a cost of at most one training (the
-    # median race here costs 1.1: small stages get two range tests' worth, as the issue allows); not after unfreeze
-    table = raced["tenth"]
+@pytest.mark.parametrize(("split", "met"), [("tenth", {"frozen"}), ("eleventh", {"unfrozen"})])
+def test_the_target_is_met_on_a_judging_split_only_where_the_readme_says(bench, raced, split, met):
+    # README, "How far from the target": mean regret <= 1 and worst <= 3 per stage at the default budget (one
+    # training of the stage, or two range tests where one training is shorter, as the issue sets it). The tenth, the
+    # first judge of 0.11.0, meets it before unfreeze only; the eleventh, the first judge of 0.12.0 (a decade either
+    # side of the head's lr after unfreeze), after unfreeze only: before it 0.12.0 is 0.10.0's race, and digits with
+    # Adam loses 6.5 points on seed 28
+    table = raced[split]
     race = table[table["method"] == RACE]
-    frozen, unfrozen = race[race["stage"] == "frozen"]["regret"], race[race["stage"] == "unfrozen"]["regret"]
-    assert frozen.mean() <= 1 and frozen.max() <= 3
-    assert unfrozen.mean() > 1 and unfrozen.max() > 3
-
-
-def test_on_the_eleventh_split_the_race_meets_the_target_after_unfreeze_and_misses_it_before(raced):
-    # README, "How far from the target": the first judge of 0.12.0 (a decade either side of the head's lr after
-    # unfreeze); before unfreeze 0.12.0 is 0.10.0's race, and digits with Adam loses 6.5 points on seed 28
-    table = raced["eleventh"]
-    race = table[table["method"] == RACE]
-    frozen, unfrozen = race[race["stage"] == "frozen"]["regret"], race[race["stage"] == "unfrozen"]["regret"]
-    assert unfrozen.mean() <= 1 and unfrozen.max() <= 3
-    assert frozen.mean() > 1 and frozen.max() > 3
+    for stage in efficacy.STAGES:
+        regret = race[race["stage"] == stage]["regret"]
+        assert (regret.mean() <= 1 and regret.max() <= 3) == (stage in met), stage
+    records = map(json.loads, (DATA / efficacy.RACE_TRIALS_FILE).read_text().splitlines())
+    pairs = {(task, seed) for task, seed in bench.pairs(split)}
+    costs = [r["cost"] for r in records if (r["task"], r["seed"]) in pairs and r["budget"] == "1"]
+    assert len(costs) == 2 * len(pairs) and all(c["iterations"] <= c["budget_iterations"] for c in costs)
 
 
 @pytest.mark.parametrize("stage", efficacy.STAGES)
