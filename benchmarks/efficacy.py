@@ -60,7 +60,7 @@ from benchmarks import efficacy_scoring as scoring
 from lrgate.core.curve_file import write_curve_csv
 from lrgate.core.errors import CurveError, ShortCurveError
 from lrgate.core.outputs import write_text
-from lrgate.core.race_plan import Trial, race_winner
+from lrgate.core.race_plan import Trial, race_winner, usable_head_lr
 from lrgate.core.suggest import DEFAULT_NOISE, clean_curve, suggest
 from lrgate.training.efficientnet_lite0 import INPUT_MEAN, INPUT_STD
 from lrgate.training.models import lite0_model, lite0_splitter
@@ -514,7 +514,7 @@ def race_curve(
             epochs=TASKS[name].epochs,
             range_test_iterations=100,
             budget=budget,
-            head_lr=head_lr if stage == "unfrozen" else None,
+            head_lr=head_lr,
             log=noop,
         )
     r = s.race
@@ -539,7 +539,7 @@ def frozen_winner(rows: list[dict], name: str, seed: int, budget: float) -> floa
         for r in rows
         if (r["task"], int(r["seed"]), r["stage"], float(r["budget"])) == (name, seed, "frozen", budget)
     ]
-    return found[-1] if found and math.isfinite(found[-1]) and found[-1] > 0 else None
+    return usable_head_lr(found[-1]) if found else None
 
 
 def _finite_or_none(value):

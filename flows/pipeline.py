@@ -20,7 +20,7 @@ from prefect.states import Cancelled, State
 
 from lrgate.core.config import load_config
 from lrgate.core.errors import Rejected, quiet_run_tracebacks
-from lrgate.core.gate_records import Decision, GateRecord
+from lrgate.core.gate_records import Decision, GateRecord, top_lr
 from lrgate.core.outputs import write_text
 from lrgate.core.run_dir import open_run, run_stamp
 from lrgate.flows.gates import gate_decision
@@ -131,8 +131,7 @@ def pipeline(config: str, out: str | None = None) -> dict[str, Any]:
     unfrozen = stage("unfreeze", unfreeze, trainings[-1]["checkpoint"])
     # gate 2's race spans the lrs around the one the head trained with (race_plan.HEAD_SPAN_DECADES); a body that
     # was never frozen (model.pretrained: false) gives a slice at gate 1: its upper end trained the head
-    head_lr = frozen.value[1] if isinstance(frozen.value, list) else frozen.value
-    fine = gate("unfrozen", unfrozen["checkpoint"], cfg.gates.unfrozen, head_lr)
+    fine = gate("unfrozen", unfrozen["checkpoint"], cfg.gates.unfrozen, top_lr(frozen.value))
     if fine.rejected:
         return rejected(fine)
     trainings.append(stage("fine-tune", fine_tune, unfrozen["checkpoint"], fine.value))

@@ -24,6 +24,11 @@ SCHEMA_VERSION = 1
 Value = float | list[float]
 
 
+def top_lr(value: Value) -> float:
+    """The lr a value trains its last group (the head) with: the lr, or a slice's upper end."""
+    return value[1] if isinstance(value, list) else value
+
+
 class RecordError(LrgateError):
     """A gate record or decision on disk that this lrgate cannot read (another version, a missing field)."""
 

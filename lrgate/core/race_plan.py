@@ -296,6 +296,14 @@ def affordable(candidates: Sequence[float], stage_iterations: int, budget: int) 
     return tuple(candidates[i] for i in keep)
 
 
+def usable_head_lr(head_lr: float | slice | None) -> float | None:
+    """The frozen stage's lr to span a sliced race around (a slice: its upper end, which trained the head); None
+    when there is none, or it is not a positive finite number."""
+    if isinstance(head_lr, slice):
+        head_lr = head_lr.stop
+    return head_lr if head_lr is not None and math.isfinite(head_lr) and head_lr > 0 else None
+
+
 def candidate_lrs(
     picks: Sequence[float],
     tested_range: tuple[float, float],
@@ -304,7 +312,7 @@ def candidate_lrs(
     max_candidates: int = MAX_CANDIDATES,
     min_candidates: int = MIN_CANDIDATES,
     sliced: bool = False,
-    head_lr: float | None = None,
+    head_lr: float | slice | None = None,
 ) -> tuple[float, ...]:
     """Lrs on a lattice of ``step`` decades (1e-3, 3.2e-3, 1e-2, ... for half decades), from one step below the
     lowest of the curve rules' ``picks`` up to :data:`REACH_DECADES` past the end of the range test (before
@@ -328,7 +336,8 @@ def candidate_lrs(
     >>> [f"{lr:.2g}" for lr in candidate_lrs([1e-3, 1e-2], (1e-7, 0.5), sliced=True, head_lr=3e-3)]
     ['0.00032', '0.001', '0.0032', '0.01', '0.032']
     """
-    if sliced and head_lr is not None and math.isfinite(head_lr) and head_lr > 0:
+    head_lr = usable_head_lr(head_lr) if sliced else None
+    if head_lr is not None:
         center = round(math.log10(head_lr) / step)
         lo, hi = (round(d / step) for d in HEAD_SPAN_DECADES)
         return tuple(float(lr) for lr in 10 ** (step * np.arange(center + lo, center + hi + 1)))

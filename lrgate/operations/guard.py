@@ -13,7 +13,7 @@ import math
 from pathlib import Path
 
 from lrgate.core.config import GuardConfig, RunConfig
-from lrgate.core.gate_records import SuggestionRecord, Value
+from lrgate.core.gate_records import SuggestionRecord, Value, top_lr
 from lrgate.core.outputs import write_text
 
 
@@ -42,11 +42,6 @@ def remember(cfg: RunConfig, gate: str, value: Value, run_id: str, at: str) -> N
         write_text(path, json.dumps(history, indent=2))
 
 
-def _top(value: Value) -> float:
-    """The lr a value trains its last group with: the lr, or a slice's upper end."""
-    return value[1] if isinstance(value, list) else value
-
-
 def guard_problem(suggestion: SuggestionRecord, guard: GuardConfig, last: Value | None) -> str | None:
     """Why the guard stops ``suggestion``, or None when it may go on."""
     if suggestion.warnings:
@@ -58,10 +53,10 @@ def guard_problem(suggestion: SuggestionRecord, guard: GuardConfig, last: Value 
     if outside:
         return f"{outside[0]:.2e} lies outside the allowed range {lo:.1e} .. {hi:.1e}"
     if last is not None:
-        apart = abs(math.log10(_top(value)) - math.log10(_top(last)))
+        apart = abs(math.log10(top_lr(value)) - math.log10(top_lr(last)))
         if apart > guard.max_decades_from_last:
             return (
-                f"{_top(value):.2e} is {apart:.1f} decades from the last value that went on, {_top(last):.2e} "
+                f"{top_lr(value):.2e} is {apart:.1f} decades from the last value that went on, {top_lr(last):.2e} "
                 f"(at most {guard.max_decades_from_last:g} allowed)"
             )
     return None

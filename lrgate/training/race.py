@@ -36,6 +36,7 @@ from lrgate.core.race_plan import (
     plan_rungs,
     race_winner,
     rule_picks,
+    usable_head_lr,
 )
 from lrgate.core.suggest import SLICE_RATIO, Suggestion
 
@@ -222,10 +223,8 @@ def race(
     stage_iterations = stage_length(learn, epochs)
     budget_its = budget_iterations(stage_iterations, range_test_iterations, budget)
     sliced = ratio is not None  # after unfreeze / freeze_to: the plan's rules for a slice
-    if isinstance(head_lr, slice):  # a freeze_to stage's slice, say: the head trained at its upper end
-        head_lr = head_lr.stop
-    if not (sliced and candidates is None and head_lr is not None and math.isfinite(head_lr) and head_lr > 0):
-        head_lr = None  # it spans nothing: not in the record
+    # the record keeps head_lr only where it spans the candidates
+    head_lr = usable_head_lr(head_lr) if sliced and candidates is None else None
     if candidates is None:
         spanned = candidate_lrs(list(picks.values()), tested_range, sliced=sliced, head_lr=head_lr)
         candidates = affordable(spanned, stage_iterations, budget_its)
