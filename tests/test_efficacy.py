@@ -239,9 +239,10 @@ def test_repick_picks_an_older_versions_races_again_from_their_trials_and_leaves
     # 0.32 from these trials, a lean of three standard errors picks 1; beside it a frozen race left as it is
     keys = [("letters-cnn-adam-bs64-e1", "4", "unfrozen", "1"), ("letters-cnn-adam-bs64-e1", "4", "frozen", "1")]
     rows = races.set_index(["task", "seed", "stage", "budget"]).loc[keys].reset_index()[races.columns]
+    unpicked = [{f: v for f, v in records[k].items() if f != "trials_by"} for k in keys]  # as a race first wrote it
     old = [
-        {**records[k], "lrgate": "0.7.0", "winner": 0.316228 if k[2] == "unfrozen" else records[k]["winner"]}
-        for k in keys
+        {**r, "lrgate": "0.7.0", "winner": 0.316228 if k[2] == "unfrozen" else r["winner"]}
+        for k, r in zip(keys, unpicked, strict=True)
     ]
     old[1]["lrgate"] = rows.loc[1, "lrgate"] = "0.6.0"  # another version's race: left as it is
     rows.loc[0, ["lrgate", "winner"]] = ["0.7.0", "0.316228"]
@@ -296,13 +297,13 @@ def test_on_the_fourth_to_eleventh_splits_the_race_beats_every_curve_rule_and_th
         assert mean.loc[RACE, f"{stage} mean"] < mean.loc[efficacy.HINDSIGHT, f"{stage} mean"], stage
 
 
-@pytest.mark.parametrize(("split", "met"), [("tenth", {"frozen"}), ("eleventh", {"unfrozen"})])
+@pytest.mark.parametrize(("split", "met"), [("tenth", {"frozen"}), ("eleventh", set())])
 def test_the_target_is_met_on_a_judging_split_only_where_the_readme_says(bench, raced, split, met):
     # README, "How far from the target": mean regret <= 1 and worst <= 3 per stage at the default budget (one
     # training of the stage, or two range tests where one training is shorter, as the issue sets it). The tenth, the
-    # first judge of 0.11.0, meets it before unfreeze only; the eleventh, the first judge of 0.12.0 (a decade either
-    # side of the head's lr after unfreeze), after unfreeze only: before it 0.12.0 is 0.10.0's race, and digits with
-    # Adam loses 6.5 points on seed 28
+    # first judge of 0.11.0, meets it before unfreeze only; the eleventh, the first judge of 0.12.0, met it after
+    # unfreeze with 0.12.0 (0.2 / 2.4) and misses it with 0.13.0, chosen with it raced (0.4 / 3.1: letters with SGD,
+    # seed 28); before unfreeze digits with Adam loses 6.5 points on seed 28
     table = raced[split]
     race = table[table["method"] == RACE]
     for stage in efficacy.STAGES:

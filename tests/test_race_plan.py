@@ -12,6 +12,7 @@ from lrgate.core.curve_file import read_curve_csv
 from lrgate.core.race_plan import (
     HEAD_SPAN_DECADES,
     MAX_CANDIDATES,
+    MAX_LR,
     MIN_CANDIDATES,
     MIN_TRIAL_ITERATIONS,
     REACH_DECADES,
@@ -113,6 +114,19 @@ def test_after_unfreeze_the_frozen_stages_lr_centres_the_candidates_on_the_latti
         )
 
 
+def test_no_candidate_lies_above_the_highest_lr():
+    # before unfreeze the reach past the test's end stops there, and the lattice stays within it
+    lrs = candidate_lrs([0.3, 1.0], (1e-7, 8.0))
+    assert max(lrs) == pytest.approx(MAX_LR) and len(lrs) >= MIN_CANDIDATES
+    assert max(candidate_lrs([3e-6], (1e-8, 10.0))) <= MAX_LR
+    # after unfreeze, the frozen stage's lr centres the span but the lattice points above the ceiling are dropped
+    lo, _ = HEAD_SPAN_DECADES
+    assert np.allclose(
+        np.log10(candidate_lrs([1.0], (1e-7, 4.0), sliced=True, head_lr=10.0)), np.arange(1 + lo, 1.01, 0.5)
+    )
+    assert np.allclose(candidate_lrs([1.0], (1e-7, 4.0), sliced=True, head_lr=1e3), [10**0.5, 10.0])  # still a race
+
+
 def test_picks_near_the_end_still_get_enough_candidates():
     lrs = candidate_lrs([5.0, 5.0], (1e-7, 8.0))
     assert len(lrs) >= 4 and max(lrs) <= 8.0 * 10**REACH_DECADES and min(lrs) < 5.0
@@ -120,8 +134,8 @@ def test_picks_near_the_end_still_get_enough_candidates():
 
 def test_a_pick_in_the_tests_first_quarter_sets_no_span():
     assert candidate_lrs([1e-7, 3e-7, 1e-2], (1e-7, 1.0))[0] > 1e-3
-    lrs = candidate_lrs([1e-7], (1e-7, 10.0))  # nothing read: from a step below the first quarter's end (1e-5)
-    assert 1e-6 < lrs[0] < 1e-5 < lrs[1]
+    lrs = candidate_lrs([1e-7], (1e-7, 10.0))  # nothing read: a half decade past the first quarter (1e-5), and
+    assert 1e-6 < lrs[0] < 10**-4.5 < lrs[1]  # from the lattice point a (here widened) step below that
 
 
 def test_no_pick_is_refused():

@@ -58,18 +58,28 @@ REACH_DECADES = 0.5
 SLICE_SPAN_DECADES = 2.0
 # After unfreeze, when the lr the frozen stage trained the head with is known (the pipeline's gate 1, or ``head_lr=`` in
 # the API), the candidates span these decades around it instead (on the lattice, from its nearest point), whatever the
-# curve says, past the range test's end and the guard's default range if the head's lr is high (letters with SGD: 10,
-# candidates to 100; none of those above 10 won on the benchmark's 423 unfrozen races): fastai's own ``fine_tune`` ties
-# the body's lr to the head's (half of it), and the recorded grids agree. The whole training's best unfrozen lr lies
-# within a decade of the frozen stage's best on 51 of 53 tasks (median ratio 1); around 0.11.0's frozen race winner,
-# five candidates hold the best lr of the whole training (within 0.02 points on average) on the 144 unfrozen curves of
-# the tuning split and the first ten held-out splits, where 0.11.0's window below the test's end held it within 0.48.
-# Since 0.12.0, chosen by racing those 144 curves (budget 1: unfrozen mean regret 1.82 -> 1.31, worst 14.3 -> 11.7;
-# better on ten of the eleven splits). A decade below to half a decade above scored 1.17 (worst 13.1), all of the
-# difference on the EfficientNet-Lite0 tasks, where a thread count alone moves a winner; on the 111 curves of the tiny
-# CNN it scored 0.97 against 0.89 and missed by more than 3 points on 12 against 8, and the best lr lay outside it on
-# more curves (0.23 points).
+# curve says, past the range test's end if the head's lr is high, though never above :data:`MAX_LR`: fastai's own
+# ``fine_tune`` ties the body's lr to the head's (half of it), and the recorded grids agree. The whole training's best
+# unfrozen lr lies within a decade of the frozen stage's best on 51 of 53 tasks (median ratio 1); around 0.11.0's frozen
+# race winner, five candidates hold the best lr of the whole training (within 0.02 points on average) on the 144
+# unfrozen curves of the tuning split and the first ten held-out splits, where 0.11.0's window below the test's end held
+# it within 0.48. Since 0.12.0, chosen by racing those 144 curves (budget 1: unfrozen mean regret 1.82 -> 1.31, worst
+# 14.3 -> 11.7; better on ten of the eleven splits). A decade below to half a decade above scored 1.17 (worst 13.1), all
+# of the difference on the EfficientNet-Lite0 tasks, where a thread count alone moves a winner; on the 111 curves of the
+# tiny CNN it scored 0.97 against 0.89 and missed by more than 3 points on 12 against 8, and the best lr lay outside it
+# on more curves (0.23 points).
 HEAD_SPAN_DECADES = (-1.0, 1.0)
+# No candidate lies above this lr, whatever the frozen stage's lr or the curve: fastai's ``lr_find`` stops there by
+# default and so does the guard's default ``lr_range`` (a winner above it waits for a person). Before 0.13.0 a sliced
+# race around a frozen lr of 10 (letters with SGD) raced up to 100, and a frozen one up to half a decade past the
+# test's end: of the 318 races at budget 1 on the tuning split and the first eleven held-out splits, 50 tried lrs
+# above 10 (6 frozen, 44 after unfreeze) and none won with one, while each such candidate shortened every trial. The
+# lattice points above it are dropped, not moved below the span (fewer candidates, longer trials). Since 0.13.0;
+# racing the 54 curves whose candidates it changes (and the unfrozen curves after a changed frozen winner) at budget
+# 1: mean regret 1.09 -> 1.09 frozen, 1.17 -> 1.12 unfrozen over those 159 curves per stage, worst unchanged (10.3,
+# 10.5); 24 winners moved, both ways (draws of the kind a thread count makes), the eleventh split after unfreeze
+# 0.18 / 2.4 -> 0.39 / 3.1.
+MAX_LR = 10.0
 # Compressed trials favour low lrs (short-horizon bias): within this many standard errors of the best metric a
 # compressed rung that ranks by a metric (after unfreeze: SHORT_FROZEN_RANKING ranks a frozen one by loss) counts
 # trials as level and ranks the higher lr first (2 leaned too far on the third split); every compressed rung keeps the
@@ -318,7 +328,8 @@ def candidate_lrs(
     lowest of the curve rules' ``picks`` up to :data:`REACH_DECADES` past the end of the range test (before
     unfreeze); a ``sliced`` race, after ``unfreeze`` / ``freeze_to``, from no lower than
     :data:`SLICE_SPAN_DECADES` below the end, up to the end, or, given ``head_lr`` (the lr the frozen stage trained
-    with), :data:`HEAD_SPAN_DECADES` around its nearest lattice point, whatever the picks and the test's end.
+    with), :data:`HEAD_SPAN_DECADES` around its nearest lattice point, whatever the picks and the test's end. Never
+    above :data:`MAX_LR` (lattice points past it are dropped: around a head's lr of 10, three candidates).
 
     Why that far: the range test's lr climbs through one batch each, while the stage warms up and anneals (one
     cycle), so the best lr of a whole training often lies above every curve rule's pick, up to where the test
@@ -337,12 +348,14 @@ def candidate_lrs(
     ['0.00032', '0.001', '0.0032', '0.01', '0.032']
     """
     head_lr = usable_head_lr(head_lr) if sliced else None
+    ceiling = math.floor(math.log10(MAX_LR) / step + 1e-9)  # the highest lattice point a candidate may take
     if head_lr is not None:
         center = round(math.log10(head_lr) / step)
         lo, hi = (round(d / step) for d in HEAD_SPAN_DECADES)
-        return tuple(float(lr) for lr in 10 ** (step * np.arange(center + lo, center + hi + 1)))
+        top = min(center + hi, ceiling)
+        return tuple(float(lr) for lr in 10 ** (step * np.arange(min(center + lo, top - 1), top + 1)))
     first, last = (math.log10(v) for v in tested_range)
-    top = last + (0.0 if sliced else REACH_DECADES)
+    top = min(last + (0.0 if sliced else REACH_DECADES), math.log10(MAX_LR))
     if not any(math.isfinite(p) and p > 0 for p in picks):
         raise RaceError("no curve rule gave an lr to race around")
     early = first + EARLY_SHARE * (last - first)
