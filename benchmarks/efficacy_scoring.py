@@ -435,9 +435,10 @@ def cost_plot(table: pd.DataFrame, path: str | Path, grid_size: dict[str, int], 
     """Mean regret against median cost in trainings of the stage, one panel per stage, written atomically as PNG.
 
     Names go in each panel's legend, not beside the points (the race's budgets lie close together): the race's
-    budgets as one green line, each point marked with its budget; the sweeps likewise, marked with their trainings;
-    of the rules that cost nothing the best two by name and the rest grey; the own seed's grid and the oracle grid
-    (zero regret, its size) in black. The dashed line is the target's mean."""
+    budgets as one green line, each point marked with its budget (points of one cost: a column of labels, in the
+    points' order); the sweeps likewise, marked with their trainings; of the rules that cost nothing the best two by
+    name and the rest grey; the own seed's grid and the oracle grid (zero regret, its size) in black. The dashed line
+    is the target's mean."""
     from matplotlib.figure import Figure
 
     from lrgate.core.outputs import write_atomic
@@ -460,17 +461,17 @@ def cost_plot(table: pd.DataFrame, path: str | Path, grid_size: dict[str, int], 
             if not names:
                 continue
             ax.plot(cost[names], mean[names], "-o", color=color, label=label)
-            for i, n in enumerate(names):  # alternate sides: budgets of the same cost (the floor) stay apart
-                mark = n[len(prefix) :].split()[0].rstrip(")")  # "0.5", "3"
-                offset, align = ((4, 3), "left") if i % 2 == 0 else ((-4, -10), "right")
+            for n in names:  # points of one cost (budgets on the two-range-test floor) label as a column, in order
+                same = sorted((m for m in names if cost[m] == cost[n]), key=lambda m: (mean[m], m))
+                rank = same.index(n) - (len(same) - 1) / 2  # 0 alone; -1, 0, 1 for three, lowest regret lowest
                 ax.annotate(
-                    mark,
+                    n[len(prefix) :].split()[0].rstrip(")"),  # "0.5", "3"
                     (cost[n], mean[n]),
                     fontsize=7,
                     color=color,
-                    xytext=offset,
+                    xytext=(5, -3 + 8 * rank),
                     textcoords="offset points",
-                    ha=align,
+                    ha="left",
                 )
         rest = [n for n in s.index if n not in free and not n.startswith(prefixes)]
         for name, marker in zip(rest, itertools.cycle("DvPX")):  # every one drawn, however many
