@@ -348,11 +348,10 @@ def candidate_lrs(
     ['0.00032', '0.001', '0.0032', '0.01', '0.032']
     """
     head_lr = usable_head_lr(head_lr) if sliced else None
-    ceiling = math.floor(math.log10(MAX_LR) / step + 1e-9)  # the highest lattice point a candidate may take
     if head_lr is not None:
         center = round(math.log10(head_lr) / step)
         lo, hi = (round(d / step) for d in HEAD_SPAN_DECADES)
-        top = min(center + hi, ceiling)
+        top = min(center + hi, math.floor(math.log10(MAX_LR) / step + 1e-9))  # no lattice point above MAX_LR
         return tuple(float(lr) for lr in 10 ** (step * np.arange(min(center + lo, top - 1), top + 1)))
     first, last = (math.log10(v) for v in tested_range)
     top = min(last + (0.0 if sliced else REACH_DECADES), math.log10(MAX_LR))
