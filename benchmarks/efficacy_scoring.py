@@ -45,6 +45,7 @@ LATER_SPLITS = {
     "eleventh": "split-eleventh.json",  # fixed with the tenth recorded, before any change after 0.10.0 was chosen
     "twelfth": "split-twelfth.json",  # fixed with the eleventh recorded, before any change after 0.11.0 was chosen
     "thirteenth": "split-thirteenth.json",  # fixed with 0.13.0 chosen, before the twelfth was raced or any later change
+    "fourteenth": "split-fourteenth.json",  # fixed before the thirteenth was read or any change after 0.13.0
 }
 STAGES = ("frozen", "unfrozen")
 
@@ -89,7 +90,7 @@ class Benchmark:
         (the held-out split's whole tasks only), ``all`` (the first six tasks), ``fresh`` (the tasks of
         ``split-fresh.json``, recorded after the default was fixed), ``third`` (``split-third.json``, recorded
         after the race's parameters were fixed), ``fourth`` (``split-fourth.json``, likewise), ``fifth``
-        (``split-fifth.json``), ``sixth`` to ``thirteenth`` (``split-sixth.json`` and so on)."""
+        (``split-fifth.json``), ``sixth`` to ``fourteenth`` (``split-sixth.json`` and so on)."""
         every = [(t, s) for t in self.split["tasks"] for s in self.split["seeds"]]
         tuning = [(t, s) for t in self.split["tuning"]["tasks"] for s in self.split["tuning"]["seeds"]]
         new = [(t, s) for t, s in every if t in self.split["held_out"]["tasks"]]
