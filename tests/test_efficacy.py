@@ -173,6 +173,7 @@ EVERY_HELD_OUT_SPLIT = (
     "tenth",
     "eleventh",
     "twelfth",
+    "thirteenth",
 )
 
 
@@ -292,9 +293,9 @@ def test_on_the_third_split_the_race_beats_the_fixed_lr_in_hindsight_on_both_sta
 
 
 @pytest.mark.parametrize(
-    "split", ["fourth", "fifth", "sixth", "seventh", "eighth", "ninth", "tenth", "eleventh", "twelfth"]
+    "split", ["fourth", "fifth", "sixth", "seventh", "eighth", "ninth", "tenth", "eleventh", "twelfth", "thirteenth"]
 )
-def test_on_the_fourth_to_twelfth_splits_the_race_beats_every_curve_rule_and_the_hindsight_lr_on_both_stages(
+def test_on_the_fourth_to_thirteenth_splits_the_race_beats_every_curve_rule_and_the_hindsight_lr_on_both_stages(
     raced, split
 ):
     # split-fourth.json was committed before it was recorded, with 0.4.0's race; 0.9.0 to 0.12.0 were chosen with
@@ -305,21 +306,25 @@ def test_on_the_fourth_to_twelfth_splits_the_race_beats_every_curve_rule_and_the
     # recorded before it was committed and raced after: the first split that judges 0.8.0; the eighth judged 0.9.0,
     # the ninth 0.10.0, the tenth 0.11.0 (each tuned on for the changes after it). split-eleventh.json was committed
     # and recorded before 0.12.0's change was chosen, and raced after it was committed: the first that judges 0.12.0;
-    # split-twelfth.json likewise before 0.12.0, and raced after 0.13.0 was committed: the first that judges 0.13.0
+    # split-twelfth.json likewise before 0.12.0, and raced after 0.13.0 was committed: the first that judges 0.13.0;
+    # split-thirteenth.json was committed after 0.13.0 and raced with it (no later change found): the second
     mean = efficacy.summary(raced[split])
     for stage in efficacy.STAGES:
         assert mean.loc[RACE, f"{stage} mean"] < min(mean.loc[n, f"{stage} mean"] for n in _curve_rules()), stage
         assert mean.loc[RACE, f"{stage} mean"] < mean.loc[efficacy.HINDSIGHT, f"{stage} mean"], stage
 
 
-@pytest.mark.parametrize(("split", "met"), [("tenth", {"frozen"}), ("eleventh", set()), ("twelfth", set())])
+@pytest.mark.parametrize(
+    ("split", "met"), [("tenth", {"frozen"}), ("eleventh", set()), ("twelfth", set()), ("thirteenth", set())]
+)
 def test_the_target_is_met_on_a_judging_split_only_where_the_readme_says(bench, raced, split, met):
     # README, "How far from the target": mean regret <= 1 and worst <= 3 per stage at the default budget (one
     # training of the stage, or two range tests where one training is shorter, as the issue sets it). The tenth, the
     # first judge of 0.11.0, meets it before unfreeze only; the eleventh, the first judge of 0.12.0, met it after
     # unfreeze with 0.12.0 (0.2 / 2.4) and misses it with 0.13.0, chosen with it raced (0.4 / 3.1: letters with SGD,
     # seed 28); before unfreeze digits with Adam loses 6.5 points on seed 28. The twelfth, the first judge of 0.13.0,
-    # on neither (1.4 / 6.7 and 1.5 / 6.0: shapes with the CNN before unfreeze, photos and textures with Lite0 after)
+    # on neither (1.4 / 6.7 and 1.5 / 6.0: shapes with the CNN before unfreeze, photos and textures with Lite0 after);
+    # the thirteenth, its second judge, on neither (1.4 / 4.3 and 0.9 / 6.6: letters seed 35 after unfreeze)
     table = raced[split]
     race = table[table["method"] == RACE]
     for stage in efficacy.STAGES:
@@ -332,10 +337,10 @@ def test_the_target_is_met_on_a_judging_split_only_where_the_readme_says(bench, 
 
 
 @pytest.mark.parametrize("stage", efficacy.STAGES)
-def test_over_all_twelve_held_out_splits_the_race_beats_every_curve_rule_and_the_hindsight_lr(bench, raced, stage):
+def test_over_all_thirteen_held_out_splits_the_race_beats_every_curve_rule_and_the_hindsight_lr(bench, raced, stage):
     pooled = pd.concat(raced[split] for split in EVERY_HELD_OUT_SPLIT)
     pooled = pooled[pooled["stage"] == stage]
-    assert (pooled["method"] == RACE).sum() == sum(len(bench.pairs(split)) for split in EVERY_HELD_OUT_SPLIT) == 166
+    assert (pooled["method"] == RACE).sum() == sum(len(bench.pairs(split)) for split in EVERY_HELD_OUT_SPLIT) == 181
     mean = pooled.groupby("method")["regret"].mean()  # each split's own hindsight lr, pooled like the race
     assert mean[RACE] < min(mean[name] for name in [*_curve_rules(), efficacy.HINDSIGHT])
 
