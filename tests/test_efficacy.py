@@ -186,7 +186,20 @@ def raced(bench) -> dict[str, pd.DataFrame]:
 
 @pytest.mark.parametrize(
     "key",
-    ["third", "fourth", "fifth", "sixth", "seventh", "eighth", "ninth", "tenth", "eleventh", "twelfth", "thirteenth"],
+    [
+        "third",
+        "fourth",
+        "fifth",
+        "sixth",
+        "seventh",
+        "eighth",
+        "ninth",
+        "tenth",
+        "eleventh",
+        "twelfth",
+        "thirteenth",
+        "fourteenth",
+    ],
 )
 def test_a_later_split_is_new_tasks_and_new_seeds_only_and_fully_recorded(bench, key):
     split = bench.split[key]
