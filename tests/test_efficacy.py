@@ -320,7 +320,8 @@ def test_on_the_fourth_to_thirteenth_splits_the_race_beats_every_curve_rule_and_
     # the ninth 0.10.0, the tenth 0.11.0 (each tuned on for the changes after it). split-eleventh.json was committed
     # and recorded before 0.12.0's change was chosen, and raced after it was committed: the first that judges 0.12.0;
     # split-twelfth.json likewise before 0.12.0, and raced after 0.13.0 was committed: the first that judges 0.13.0;
-    # split-thirteenth.json was committed after 0.13.0 and raced with it (no later change found): the second
+    # split-thirteenth.json was committed after 0.13.0 and raced with it (no later change found): the second; 0.14.0
+    # was chosen on the tuning to twelfth splits, with the thirteenth's 0.13.0 races read
     mean = efficacy.summary(raced[split])
     for stage in efficacy.STAGES:
         assert mean.loc[RACE, f"{stage} mean"] < min(mean.loc[n, f"{stage} mean"] for n in _curve_rules()), stage
@@ -328,16 +329,18 @@ def test_on_the_fourth_to_thirteenth_splits_the_race_beats_every_curve_rule_and_
 
 
 @pytest.mark.parametrize(
-    ("split", "met"), [("tenth", {"frozen"}), ("eleventh", set()), ("twelfth", set()), ("thirteenth", set())]
+    ("split", "met"), [("tenth", {"frozen"}), ("eleventh", set()), ("twelfth", set()), ("thirteenth", {"unfrozen"})]
 )
 def test_the_target_is_met_on_a_judging_split_only_where_the_readme_says(bench, raced, split, met):
     # README, "How far from the target": mean regret <= 1 and worst <= 3 per stage at the default budget (one
     # training of the stage, or two range tests where one training is shorter, as the issue sets it). The tenth, the
     # first judge of 0.11.0, meets it before unfreeze only; the eleventh, the first judge of 0.12.0, met it after
-    # unfreeze with 0.12.0 (0.2 / 2.4) and misses it with 0.13.0, chosen with it raced (0.4 / 3.1: letters with SGD,
-    # seed 28); before unfreeze digits with Adam loses 6.5 points on seed 28. The twelfth, the first judge of 0.13.0,
-    # on neither (1.4 / 6.7 and 1.5 / 6.0: shapes with the CNN before unfreeze, photos and textures with Lite0 after);
-    # the thirteenth, its second judge, on neither (1.4 / 4.3 and 0.9 / 6.6: letters seed 35 after unfreeze)
+    # unfreeze with 0.12.0 (0.2 / 2.4) and misses it with 0.13.0 and 0.14.0, chosen with it raced (0.4 / 3.1, then
+    # 0.8 / 8.7: letters with SGD, seeds 28 and 27); before unfreeze digits with Adam loses 6.5 points on seed 28. The
+    # twelfth, the first judge of 0.13.0, on neither (1.4 / 6.7 and 1.5 / 6.0 with 0.13.0; 1.1 / 6.0 after unfreeze
+    # with 0.14.0: photos and textures with Lite0); the thirteenth, its second judge, on neither with 0.13.0 (1.4 / 4.3
+    # and 0.9 / 6.6: letters seed 35 after unfreeze), and after unfreeze with 0.14.0 (0.4 / 2.6), whose choice read
+    # 0.13.0's races there (README: seen)
     table = raced[split]
     race = table[table["method"] == RACE]
     for stage in efficacy.STAGES:

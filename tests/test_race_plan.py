@@ -18,12 +18,14 @@ from lrgate.core.race_plan import (
     REACH_DECADES,
     SLICE_SPAN_DECADES,
     STEP_DECADES,
+    TIE_STANDARD_ERRORS,
     Race,
     RaceError,
     Trial,
     affordable,
     budget_iterations,
     candidate_lrs,
+    next_rung,
     pick_winner,
     plan_rungs,
     race_winner,
@@ -161,6 +163,18 @@ def test_in_a_compressed_rung_a_higher_lr_within_one_standard_error_goes_first()
     assert survivors(trials, 2, "accuracy", tie=se) == [1e-1, 1e-2]  # level within the noise: the higher first
     assert pick_winner(trials, "accuracy", tie=0.001)[0] == 1e-2  # a gap larger than the tie still counts
     assert standard_error(2.5, 200) == 0.0  # not a proportion: no tie
+
+
+def test_after_unfreeze_a_compressed_rung_counts_trials_within_three_standard_errors_as_level():
+    # The sixth split's letters-cnn-adam-bs16-e1 seed 13 after unfreeze (0.13.0's race, budget 1): 45-iteration
+    # trials of a 500-iteration stage, where the whole training's best lrs are 0.1 and 0.32. Within one error of
+    # 1e-2's 0.172 only 1 is level, and 1e-2 went on and won (7.8 points lost); within three, 0.1 goes on beside 1.
+    scores = ((1e-2, 2.23, 0.172), (0.0316, 2.23, 0.160), (0.1, 2.23, 0.153), (0.316, 2.30, 0.133), (1.0, 2.29, 0.162))
+    rung = [Trial(0, lr, 45, loss, accuracy, 0.1) for lr, loss, accuracy in scores]
+    assert TIE_STANDARD_ERRORS == 3.0
+    assert next_rung(rung, 2, "accuracy", 1000, 500, sliced=True) == [1.0, 0.1]
+    assert survivors(rung, 2, "accuracy", tie=standard_error(0.172, 1000), compressed=True) == [1.0, 1e-2]  # 0.13.0
+    assert next_rung(rung, 2, "accuracy", 1000, 45, sliced=True) == [1e-2, 1.0]  # the stage's own length: no lean
 
 
 def test_a_compressed_rung_keeps_the_next_higher_lr_above_its_best_for_a_longer_trial():
